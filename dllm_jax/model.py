@@ -1,0 +1,322 @@
+"""The bidirectional masked-diffusion transformer (LLaDA / Dream / Llama / Qwen2 shapes) in Flax NNX.
+
+Shape legend (used in every name): B batch, L length, D model width, H query heads, K kv heads,
+G query heads per kv head, E head dim, F MLP width, V vocabulary.
+
+Parameter and module names mirror HF Llama/Qwen2 names so the converter's table stays short.
+Linear kernels are stored ``[in, out]`` (PyTorch stores ``[out, in]``).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dllm_jax.config import ModelConfig
+from dllm_jax import sharding as shd
+
+_NEG_INF = -1e30
+
+
+def _dtype(name: str) -> jnp.dtype:
+    return jnp.dtype(name)
+
+
+def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...], dtype: Any,
+           std: float = 0.02) -> nnx.Param:
+    value = std * jax.random.normal(rngs.params(), shape, jnp.float32)
+    return nnx.Param(value.astype(dtype), logical_axes=axes)
+
+
+class Linear(nnx.Module):
+    """``y = x @ kernel (+ bias)``, kernel ``[in, out]``, matmul accumulated in float32."""
+
+    def __init__(self, d_in: int, d_out: int, axes: tuple[str | None, str | None], *,
+                 bias: bool, dtype: Any, rngs: nnx.Rngs):
+        self.kernel = _param(rngs, (d_in, d_out), axes, dtype)
+        self.bias = nnx.Param(jnp.zeros((d_out,), dtype), logical_axes=(axes[1],)) if bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.kernel[...]
+        y = jnp.einsum("...i,io->...o", x.astype(kernel.dtype), kernel,
+                       preferred_element_type=jnp.float32)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(jnp.float32)
+        return y.astype(kernel.dtype)
+
+
+class RMSNorm(nnx.Module):
+    """RMSNorm computed in float32, then cast back and scaled (HF Llama order)."""
+
+    def __init__(self, dim: int, eps: float, dtype: Any):
+        self.weight = nnx.Param(jnp.ones((dim,), dtype), logical_axes=("norm",))
+        self.eps = eps
+
+    def __call__(self, x_BLD: jax.Array) -> jax.Array:
+        x32 = x_BLD.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        weight = self.weight[...]
+        return weight * x32.astype(weight.dtype)
+
+
+def rope_tables(positions_BL: jax.Array, head_dim: int, theta: float
+                ) -> tuple[jax.Array, jax.Array]:
+    """Float32 cos/sin tables ``[B, L, E]`` for non-interleaved (rotate_half) RoPE."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    angles = positions_BL.astype(jnp.float32)[..., None] * inv_freq
+    angles = jnp.concatenate([angles, angles], axis=-1)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x_BLNE: jax.Array, cos_BLE: jax.Array, sin_BLE: jax.Array) -> jax.Array:
+    x32 = x_BLNE.astype(jnp.float32)
+    half = x32.shape[-1] // 2
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    out = x32 * cos_BLE[:, :, None, :] + rotated * sin_BLE[:, :, None, :]
+    return out.astype(x_BLNE.dtype)
+
+
+def attention_probs(q_BLHE: jax.Array, k_BMKE: jax.Array, key_mask_BM: jax.Array) -> jax.Array:
+    """Softmax attention probabilities ``[B, K, G, L, M]`` in float32 (the portable path)."""
+    b, l, h, e = q_BLHE.shape
+    kv = k_BMKE.shape[2]
+    q_BLKGE = q_BLHE.reshape(b, l, kv, h // kv, e)
+    scores = jnp.einsum("blkge,bmke->bkglm", q_BLKGE, k_BMKE,
+                        preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(e))
+    scores = jnp.where(key_mask_BM[:, None, None, None, :], scores, _NEG_INF)
+    return jax.nn.softmax(scores, axis=-1)
+
+
+def _xla_attention(q_BLHE, k_BMKE, v_BMKE, key_mask_BM):
+    probs = attention_probs(q_BLHE, k_BMKE, key_mask_BM)
+    b, l, h, e = q_BLHE.shape
+    out = jnp.einsum("bkglm,bmke->blkge", probs.astype(v_BMKE.dtype), v_BMKE,
+                     preferred_element_type=jnp.float32)
+    return out.reshape(b, l, h, e).astype(q_BLHE.dtype), probs
+
+
+def _fused_attention(q_BLHE, k_BMKE, v_BMKE, key_mask_BM, impl: str | None):
+    # jax.nn.dot_product_attention handles GQA itself; the key-padding mask broadcasts over
+    # heads and queries. cuDNN needs bf16/fp16 inputs.
+    mask = key_mask_BM[:, None, None, :]
+    return jax.nn.dot_product_attention(q_BLHE, k_BMKE, v_BMKE, mask=mask, implementation=impl)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, dtype: Any, rngs: nnx.Rngs):
+        d, h, k, e = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.q_proj = Linear(d, h * e, ("embed", "heads"), bias=cfg.qkv_bias, dtype=dtype,
+                             rngs=rngs)
+        self.k_proj = Linear(d, k * e, ("embed", "kv_heads"), bias=cfg.qkv_bias, dtype=dtype,
+                             rngs=rngs)
+        self.v_proj = Linear(d, k * e, ("embed", "kv_heads"), bias=cfg.qkv_bias, dtype=dtype,
+                             rngs=rngs)
+        self.o_proj = Linear(h * e, d, ("heads", "embed"), bias=False, dtype=dtype, rngs=rngs)
+        self.num_heads, self.num_kv_heads, self.head_dim = h, k, e
+        self.impl = cfg.attention_impl
+
+    def qkv(self, x_BLD, cos_BLE, sin_BLE):
+        b, l, _ = x_BLD.shape
+        q = self.q_proj(x_BLD).reshape(b, l, self.num_heads, self.head_dim)
+        k = self.k_proj(x_BLD).reshape(b, l, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x_BLD).reshape(b, l, self.num_kv_heads, self.head_dim)
+        q = shd.constrain(apply_rope(q, cos_BLE, sin_BLE), ("batch", "length", "act_heads", None))
+        k = shd.constrain(apply_rope(k, cos_BLE, sin_BLE), ("batch", "length", "act_heads", None))
+        v = shd.constrain(v, ("batch", "length", "act_heads", None))
+        return q, k, v
+
+    def attend(self, q_BLHE, k_BMKE, v_BMKE, key_mask_BM, *, need_probs: bool):
+        impl = _resolve_impl(self.impl, q_BLHE.dtype)
+        if need_probs or impl == "xla":
+            out, probs = _xla_attention(q_BLHE, k_BMKE, v_BMKE, key_mask_BM)
+        else:
+            out, probs = _fused_attention(q_BLHE, k_BMKE, v_BMKE, key_mask_BM, impl), None
+        b, l = out.shape[:2]
+        return self.o_proj(out.reshape(b, l, -1)), probs
+
+    def __call__(self, x_BLD, cos_BLE, sin_BLE, key_mask_BL, *, need_probs: bool = False):
+        q, k, v = self.qkv(x_BLD, cos_BLE, sin_BLE)
+        return self.attend(q, k, v, key_mask_BL, need_probs=need_probs)
+
+
+def _resolve_impl(impl: str, dtype: Any) -> str:
+    if impl == "auto":
+        on_gpu = jax.default_backend() == "gpu"
+        return "cudnn" if on_gpu and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else "xla"
+    return impl
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: ModelConfig, dtype: Any, rngs: nnx.Rngs):
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        self.gate_proj = Linear(d, f, ("embed", "mlp"), bias=False, dtype=dtype, rngs=rngs)
+        self.up_proj = Linear(d, f, ("embed", "mlp"), bias=False, dtype=dtype, rngs=rngs)
+        self.down_proj = Linear(f, d, ("mlp", "embed"), bias=False, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x_BLD):
+        h_BLF = jax.nn.silu(self.gate_proj(x_BLD)) * self.up_proj(x_BLD)
+        h_BLF = shd.constrain(h_BLF, ("batch", "length", "act_mlp"))
+        return self.down_proj(h_BLF)
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: ModelConfig, dtype: Any, rngs: nnx.Rngs):
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+        self.self_attn = Attention(cfg, dtype, rngs)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+        self.mlp = MLP(cfg, dtype, rngs)
+
+    def __call__(self, x_BLD, cos_BLE, sin_BLE, key_mask_BL, *, need_probs: bool = False):
+        attn, probs = self.self_attn(self.input_layernorm(x_BLD), cos_BLE, sin_BLE, key_mask_BL,
+                                     need_probs=need_probs)
+        x_BLD = x_BLD + attn
+        x_BLD = x_BLD + self.mlp(self.post_attention_layernorm(x_BLD))
+        return shd.constrain(x_BLD, ("batch", "length", "act_embed")), probs
+
+
+class Transformer(nnx.Module):
+    """Bidirectional decoder-only transformer returning raw (unshifted) logits ``[B, L, V]``."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        dtype = _dtype(config.dtype)
+        d, v = config.hidden_size, config.vocab_size
+        self.embed_tokens = nnx.Param(
+            (0.02 * jax.random.normal(rngs.params(), (v, d), jnp.float32)).astype(dtype),
+            logical_axes=("vocab", "embed"))
+        self.layers = nnx.List([Block(config, dtype, rngs) for _ in range(config.num_layers)])
+        self.norm = RMSNorm(d, config.rms_norm_eps, dtype)
+        self.lm_head = (None if config.tie_word_embeddings
+                        else _param(rngs, (d, v), ("embed", "vocab"), dtype))
+
+    def embed(self, tokens_BL: jax.Array) -> jax.Array:
+        table = self.embed_tokens[...]
+        return shd.constrain(jnp.take(table, tokens_BL, axis=0), ("batch", "length", "act_embed"))
+
+    def head(self, h_BLD: jax.Array) -> jax.Array:
+        h_BLD = self.norm(h_BLD)
+        if self.lm_head is None:
+            kernel = self.embed_tokens[...].T
+        else:
+            kernel = self.lm_head[...]
+        logits = jnp.einsum("bld,dv->blv", h_BLD, kernel, preferred_element_type=jnp.float32)
+        return shd.constrain(logits.astype(kernel.dtype), ("batch", "length", "act_vocab"))
+
+    def __call__(self, tokens_BL: jax.Array, attention_mask: jax.Array | None = None, *,
+                 positions_BL: jax.Array | None = None,
+                 stats_keys_BL: jax.Array | None = None,
+                 return_attn_mean: bool = False) -> Any:
+        """Runs the model.
+
+        Args:
+          tokens_BL: int token ids.
+          attention_mask: ``[B, L]`` 1 for real tokens, 0 for padding; padded keys never receive
+            attention. Default: all real.
+          positions_BL: RoPE positions; default ``cumsum(mask) - 1`` (Dream's rule), so a row's
+            positions do not depend on how much left padding the batch needs.
+          stats_keys_BL: if given, a ``[B, L]`` 0/1 indicator of the key set ``U``; the last
+            layer also returns AGDO's attention statistics (SPEC section 6).
+          return_attn_mean: also return the last layer's head-averaged attention ``[B, L, L]``.
+
+        Returns:
+          logits ``[B, L, V]``; with statistics requested, ``(logits, aux)`` where ``aux`` holds
+          ``S`` ``[B, L]`` (mass each query sends to ``U``), ``I`` ``[B, L]`` (attention each key
+          receives, averaged over real queries) and optionally ``attn_mean`` ``[B, L, L]``.
+        """
+        b, l = tokens_BL.shape
+        if attention_mask is None:
+            mask_BL = jnp.ones((b, l), jnp.bool_)
+        else:
+            mask_BL = attention_mask.astype(jnp.bool_)
+        if positions_BL is None:
+            positions_BL = positions_from_mask(mask_BL)
+        cos, sin = rope_tables(positions_BL, self.config.head_dim, self.config.rope_theta)
+        want_stats = stats_keys_BL is not None or return_attn_mean
+        x = self.embed(tokens_BL)
+        last = len(self.layers) - 1
+        probs = None
+        for i, layer in enumerate(self.layers):
+            need = want_stats and i == last
+            if self.config.remat != "none" and not need:
+                x, _ = _remat_block(self.config.remat)(layer, x, cos, sin, mask_BL)
+            else:
+                x, probs_i = layer(x, cos, sin, mask_BL, need_probs=need)
+                if need:
+                    probs = probs_i
+        logits = self.head(x)
+        if not want_stats:
+            return logits
+        return logits, attention_statistics(probs, mask_BL, stats_keys_BL, return_attn_mean)
+
+
+def attention_statistics(probs_BKGLM: jax.Array, mask_BL: jax.Array,
+                         keys_BL: jax.Array | None, return_attn_mean: bool) -> dict[str, jax.Array]:
+    """AGDO statistics from one layer's probabilities (head mean taken here, nowhere else)."""
+    attn_BLM = jnp.mean(probs_BKGLM, axis=(1, 2))
+    qmask = mask_BL.astype(jnp.float32)
+    n_B = jnp.maximum(qmask.sum(-1), 1.0)
+    aux = {"I": jnp.einsum("blm,bl->bm", attn_BLM, qmask) / n_B[:, None]}
+    if keys_BL is not None:
+        aux["S"] = jnp.einsum("blm,bm->bl", attn_BLM, keys_BL.astype(jnp.float32))
+    if return_attn_mean:
+        aux["attn_mean"] = attn_BLM
+    return aux
+
+
+@functools.cache
+def _remat_block(policy: str):
+    pol = None
+    if policy == "dots":
+        pol = jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
+
+    def run(layer, x, cos, sin, mask):
+        return layer(x, cos, sin, mask)
+
+    return nnx.remat(run, policy=pol)
+
+
+def positions_from_mask(mask_BL: jax.Array) -> jax.Array:
+    """``cumsum(mask) - 1`` clipped at 0: real tokens get 0, 1, 2, ... after any left padding."""
+    return jnp.maximum(jnp.cumsum(mask_BL.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def shift_logits(logits_BLV: jax.Array) -> jax.Array:
+    """Dream's alignment: the hidden state at i-1 predicts token i (position 0 keeps its own)."""
+    return jnp.concatenate([logits_BLV[:, :1], logits_BLV[:, :-1]], axis=1)
+
+
+def align_logits(config: ModelConfig, logits_BLV: jax.Array) -> jax.Array:
+    return shift_logits(logits_BLV) if config.shift_logits else logits_BLV
+
+
+def init_model(config: ModelConfig, seed: int = 0) -> Transformer:
+    """A randomly initialised model (normal(0.02) weights, unit norms)."""
+    return Transformer(config, rngs=nnx.Rngs(params=seed))
+
+
+@nnx.jit
+def _denoise_step(model: Transformer, tokens_BL: jax.Array, attention_mask: jax.Array
+                  ) -> jax.Array:
+    logits = model(tokens_BL, attention_mask)
+    return align_logits(model.config, logits).astype(jnp.float32)
+
+
+def denoise_step(model: Transformer, tokens_BL: jax.Array,
+                 attention_mask: jax.Array | None = None) -> jax.Array:
+    """Float32 logits aligned so that position i predicts token i (Dream's shift applied).
+
+    Jitted; this is the single call every sampler, scorer and loss makes into the network.
+    """
+    if attention_mask is None:
+        attention_mask = jnp.ones(tokens_BL.shape, jnp.bool_)
+    return _denoise_step(model, jnp.asarray(tokens_BL), jnp.asarray(attention_mask))
+
+
+def aligned_logits(model: Transformer, tokens_BL: jax.Array,
+                   attention_mask: jax.Array | None = None) -> jax.Array:
+    """Unjitted version of :func:`denoise_step` for use inside an outer ``jit``/``scan``."""
+    return align_logits(model.config, model(tokens_BL, attention_mask)).astype(jnp.float32)

@@ -1,0 +1,194 @@
+"""Logical axis names -> mesh axes, mesh construction, and sharding helpers.
+
+Parameters carry ``logical_axes`` metadata set at creation (see ``model.py``); activations are
+constrained with :func:`constrain`. One :class:`ShardingRules` table maps both onto a
+``jax.sharding.Mesh`` with axes ``("data", "fsdp", "tensor")``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import os
+from typing import Any, Iterator
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+MeshAxis = str | tuple[str, ...] | None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ShardingRules:
+    """Logical axis -> mesh axis (or tuple of mesh axes, or None for replicated)."""
+
+    # Parameters.
+    vocab: MeshAxis = "tensor"
+    embed: MeshAxis = "fsdp"
+    heads: MeshAxis = "tensor"
+    kv_heads: MeshAxis = "tensor"
+    mlp: MeshAxis = "tensor"
+    norm: MeshAxis = None
+    lora: MeshAxis = None
+    # Activations.
+    batch: MeshAxis = ("data", "fsdp")
+    length: MeshAxis = None
+    act_embed: MeshAxis = None
+    act_heads: MeshAxis = "tensor"
+    act_mlp: MeshAxis = "tensor"
+    act_vocab: MeshAxis = "tensor"
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            for axis in _as_tuple(value):
+                if axis not in MESH_AXES:
+                    raise ValueError(
+                        f"sharding rule {f.name}={value!r} names unknown mesh axis {axis!r}; "
+                        f"mesh axes are {MESH_AXES}")
+
+    def spec(self, logical: tuple[str | None, ...], shape: tuple[int, ...] | None = None,
+             mesh: Mesh | None = None) -> P:
+        """PartitionSpec for logical axes; a dimension that does not divide is replicated.
+
+        Raises:
+          ValueError: two logical axes of one array map onto the same mesh axis.
+        """
+        out: list[MeshAxis] = []
+        used: set[str] = set()
+        for i, name in enumerate(logical):
+            target = getattr(self, name) if name is not None else None
+            axes = _as_tuple(target)
+            if used & set(axes):
+                raise ValueError(
+                    f"logical axes {logical} map mesh axis {sorted(used & set(axes))} twice")
+            if mesh is not None and shape is not None and axes:
+                size = int(np.prod([mesh.shape[a] for a in axes]))
+                if shape[i] % size:
+                    target, axes = None, ()
+            used |= set(axes)
+            out.append(target)
+        return P(*out)
+
+
+def _as_tuple(x: MeshAxis) -> tuple[str, ...]:
+    if x is None:
+        return ()
+    return (x,) if isinstance(x, str) else tuple(x)
+
+
+def maybe_initialize_distributed() -> bool:
+    """Calls ``jax.distributed.initialize()`` when a multi-process launcher is detected.
+
+    Recognised: ``JAX_COORDINATOR_ADDRESS`` (+ ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``), SLURM,
+    Open MPI, and TPU pod metadata (``TPU_WORKER_HOSTNAMES`` with several hosts).
+    """
+    env = os.environ
+    if jax.distributed.is_initialized() if hasattr(jax.distributed, "is_initialized") else False:
+        return True
+    if "JAX_COORDINATOR_ADDRESS" in env:
+        jax.distributed.initialize(
+            coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+            num_processes=int(env.get("JAX_NUM_PROCESSES", "1")),
+            process_id=int(env.get("JAX_PROCESS_ID", "0")))
+        return True
+    multi_tpu = len(env.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
+    if multi_tpu or int(env.get("SLURM_NTASKS", "1")) > 1 or "OMPI_COMM_WORLD_SIZE" in env:
+        jax.distributed.initialize()
+        return True
+    return False
+
+
+def make_mesh(shape: tuple[int, int, int] | None = None,
+              devices: list[Any] | None = None) -> Mesh:
+    """Builds a ``(data, fsdp, tensor)`` mesh over all (global) devices.
+
+    Args:
+      shape: sizes of (data, fsdp, tensor); default puts every device on ``fsdp``. One entry may
+        be -1 to take the remaining devices.
+      devices: defaults to ``jax.devices()`` (all hosts' devices).
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    n = len(devices)
+    shape = (1, n, 1) if shape is None else tuple(int(s) for s in shape)
+    if len(shape) != 3:
+        raise ValueError(f"mesh shape must have 3 entries (data, fsdp, tensor), got {shape}")
+    if shape.count(-1) == 1:
+        rest = int(np.prod([s for s in shape if s != -1]))
+        shape = tuple(n // rest if s == -1 else s for s in shape)
+    if int(np.prod(shape)) != n:
+        raise ValueError(f"mesh shape {shape} needs {int(np.prod(shape))} devices, have {n}")
+    try:
+        from jax.experimental import mesh_utils
+
+        arr = mesh_utils.create_device_mesh(shape, devices=devices)
+    except Exception:  # CPU or unusual topologies: plain reshape is fine
+        arr = np.asarray(devices, dtype=object).reshape(shape)
+    return Mesh(arr, MESH_AXES)
+
+
+_CONTEXT: contextvars.ContextVar[tuple[Mesh, ShardingRules] | None] = contextvars.ContextVar(
+    "dllm_jax_mesh", default=None)
+
+
+@contextlib.contextmanager
+def use_mesh(mesh: Mesh | None, rules: ShardingRules | None = None) -> Iterator[None]:
+    """Activates activation sharding constraints for code traced inside the block."""
+    token = _CONTEXT.set(None if mesh is None else (mesh, rules or ShardingRules()))
+    try:
+        yield
+    finally:
+        _CONTEXT.reset(token)
+
+
+def constrain(x: jax.Array, logical: tuple[str | None, ...]) -> jax.Array:
+    """``with_sharding_constraint`` by logical names when a mesh is active, else identity."""
+    ctx = _CONTEXT.get()
+    if ctx is None:
+        return x
+    mesh, rules = ctx
+    return jax.lax.with_sharding_constraint(
+        x, NamedSharding(mesh, rules.spec(logical, x.shape, mesh)))
+
+
+def _is_var(x: Any) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+def state_shardings(state: Any, mesh: Mesh, rules: ShardingRules | None = None) -> Any:
+    """NamedSharding for every variable of an NNX state, from its ``logical_axes`` metadata."""
+    rules = rules or ShardingRules()
+
+    def one(var: Any) -> Any:
+        value = var.get_value() if _is_var(var) else var
+        axes = var.get_metadata().get("logical_axes") if _is_var(var) else None
+        if axes is None:
+            spec = P()
+        else:
+            spec = rules.spec(tuple(axes), tuple(value.shape), mesh)
+        sharding = NamedSharding(mesh, spec)
+        return var.replace(sharding) if _is_var(var) else sharding
+
+    return jax.tree.map(one, state, is_leaf=_is_var)
+
+
+def shard_model(model: nnx.Module, mesh: Mesh, rules: ShardingRules | None = None) -> nnx.Module:
+    """Places a model's parameters on ``mesh`` following the rules (returns a new model)."""
+    graphdef, state = nnx.split(model)
+    shardings = state_shardings(state, mesh, rules)
+    state = jax.device_put(state, shardings)
+    return nnx.merge(graphdef, state)
+
+
+def param_specs(model: nnx.Module) -> dict[str, P]:
+    """Flat ``path -> PartitionSpec`` of the model's parameters as actually placed."""
+    out = {}
+    for path, var in nnx.state(model, nnx.Param).flat_state():
+        sharding = getattr(var.get_value(), "sharding", None)
+        out[".".join(map(str, path))] = getattr(sharding, "spec", None)
+    return out

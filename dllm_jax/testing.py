@@ -1,0 +1,28 @@
+"""Tiny configs and models shared by tests, benchmarks and the demo (no network, no files)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dllm_jax.config import ModelConfig
+from dllm_jax.model import Transformer, init_model
+
+TINY_VOCAB = 64
+TINY_MASK_ID = 63
+
+
+def tiny_config(family: str = "llada", **overrides: Any) -> ModelConfig:
+    """A 2-layer, d=32 config of the given family (GQA 4/2 heads, head_dim 8)."""
+    base = dict(
+        family=family, vocab_size=TINY_VOCAB, hidden_size=32, num_layers=2, num_heads=4,
+        num_kv_heads=2, head_dim=8, intermediate_size=64, rope_theta=10000.0,
+        rms_norm_eps=1e-5, qkv_bias=family in ("dream", "qwen2"),
+        max_position_embeddings=256, mask_token_id=TINY_MASK_ID, eos_token_id=1,
+        pad_token_id=1, bos_token_id=0)
+    base.update(overrides)
+    return ModelConfig(**base)
+
+
+def tiny_model(family: str = "llada", seed: int = 0, **overrides: Any) -> Transformer:
+    """A tiny randomly initialised model; see :func:`tiny_config`."""
+    return init_model(tiny_config(family, **overrides), seed=seed)
