@@ -91,7 +91,7 @@ def abstract_state(config: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
 
 
 def _flat_paths(state: nnx.State) -> list[tuple[tuple[Any, ...], str]]:
-    return [(path, ".".join(map(str, path))) for path, _ in state.flat_state()]
+    return [(path, ".".join(map(str, path))) for path, _ in nnx.to_flat_state(state)]
 
 
 # ------------------------------------------------------------------ reading HF directories
@@ -147,7 +147,7 @@ def _plan_import(config: ModelConfig, state: nnx.State, by_key: dict[str, Safete
     """Checks names and shapes of every tensor before any is read."""
     plan = []
     expected = set()
-    flat = dict(state.flat_state())
+    flat = dict(nnx.to_flat_state(state))
     for path, dotted in _flat_paths(state):
         key, transpose = hf_key(config.family, dotted)
         expected.add(key)
@@ -193,8 +193,8 @@ def load_hf(hf_dir: str | os.PathLike[str], dtype: str = "float32", mesh: Mesh |
     graphdef, state = abstract_state(config)
     plan = _plan_import(config, state, by_key, hf_dir)
     target = jnp.dtype(dtype)
-    flat = dict(state.flat_state())
-    shardings = (dict(shd.state_shardings(state, mesh, rules).flat_state())
+    flat = dict(nnx.to_flat_state(state))
+    shardings = (dict(nnx.to_flat_state(shd.state_shardings(state, mesh, rules)))
                  if mesh is not None else None)
     for path, key, transpose in plan:
         src = by_key[key]
@@ -331,7 +331,7 @@ def export_hf(model: Transformer, out: str | os.PathLike[str], *,
     np_dtype = np.dtype(ml_dtypes.bfloat16 if (dtype or config.dtype) == "bfloat16"
                         else np.float32)
     state = nnx.state(model, nnx.Param)
-    flat = dict(state.flat_state())
+    flat = dict(nnx.to_flat_state(state))
     entries: list[tuple[str, tuple[int, ...], Any, Callable[[], np.ndarray]]] = []
     for path, dotted in _flat_paths(state):
         key, transpose = hf_key(config.family, dotted)
@@ -384,4 +384,4 @@ def shardings_for(model: Transformer, mesh: Mesh) -> dict[str, NamedSharding]:
     """Flat ``path -> NamedSharding`` the rules assign (for tests and inspection)."""
     state = nnx.state(model, nnx.Param)
     sh = shd.state_shardings(state, mesh)
-    return {".".join(map(str, p)): v.get_value() for p, v in sh.flat_state()}
+    return {".".join(map(str, p)): v.get_value() for p, v in nnx.to_flat_state(sh)}

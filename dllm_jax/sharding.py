@@ -67,10 +67,13 @@ class ShardingRules:
             if used & set(axes):
                 raise ValueError(
                     f"logical axes {logical} map mesh axis {sorted(used & set(axes))} twice")
-            if mesh is not None and shape is not None and axes:
+            if mesh is not None and axes:
+                # Size-1 mesh axes are dropped so specs read as what really happens.
+                axes = tuple(a for a in axes if mesh.shape[a] > 1)
                 size = int(np.prod([mesh.shape[a] for a in axes]))
-                if shape[i] % size:
-                    target, axes = None, ()
+                if shape is not None and shape[i] % size:
+                    axes = ()
+                target = None if not axes else axes[0] if len(axes) == 1 else axes
             used |= set(axes)
             out.append(target)
         return P(*out)
@@ -188,7 +191,7 @@ def shard_model(model: nnx.Module, mesh: Mesh, rules: ShardingRules | None = Non
 def param_specs(model: nnx.Module) -> dict[str, P]:
     """Flat ``path -> PartitionSpec`` of the model's parameters as actually placed."""
     out = {}
-    for path, var in nnx.state(model, nnx.Param).flat_state():
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         sharding = getattr(var.get_value(), "sharding", None)
         out[".".join(map(str, path))] = getattr(sharding, "spec", None)
     return out

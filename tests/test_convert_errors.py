@@ -1,0 +1,129 @@
+"""Bad conversion input: one clear line naming the file and the problem; nothing written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from dllm_jax import convert
+from dllm_jax.cli import main
+from dllm_jax.safetensors_io import write_safetensors
+from dllm_jax.testing import tiny_model
+
+
+@pytest.fixture(scope="module")
+def good_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("good") / "hf"
+    convert.export_hf(tiny_model("qwen2", seed=5), d)
+    return d
+
+
+def _copy(good_dir, tmp_path):
+    d = tmp_path / "hf"
+    shutil.copytree(good_dir, d)
+    return d
+
+
+def _run(hf_dir, out, capsys):
+    code = main(["convert", "hf-to-orbax", "--hf-dir", str(hf_dir), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+def _rewrite(d, edit):
+    """Rewrites model.safetensors after ``edit(dict name -> array)``."""
+    from dllm_jax.safetensors_io import SafetensorsFile
+
+    f = SafetensorsFile(d / "model.safetensors")
+    tensors = {k: np.array(f.get(k)) for k in f.keys()}
+    f.close()
+    edit(tensors)
+    write_safetensors(d / "model.safetensors",
+                      [(k, v.shape, v.dtype) for k, v in tensors.items()], tensors.__getitem__)
+
+
+def _edit_config(d, **changes):
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.update(changes)
+    (d / "config.json").write_text(json.dumps(cfg))
+
+
+CASES = {
+    "missing_safetensors": (lambda d: (d / "model.safetensors").unlink(),
+                            "no .safetensors files found"),
+    "truncated": (lambda d: (d / "model.safetensors").write_bytes(
+        (d / "model.safetensors").read_bytes()[:-100]), "truncated"),
+    "wrong_shape": (lambda d: _rewrite(d, lambda t: t.__setitem__(
+        "model.layers.0.mlp.up_proj.weight", np.zeros((3, 3), np.float32))),
+        "model.layers.0.mlp.up_proj.weight has shape [3, 3], expected [64, 32]"),
+    "missing_key": (lambda d: _rewrite(d, lambda t: t.pop("model.norm.weight")),
+                    "missing tensor model.norm.weight"),
+    "unexpected_key": (lambda d: _rewrite(d, lambda t: t.__setitem__(
+        "model.layers.0.extra.weight", np.zeros((2,), np.float32))),
+        "unexpected tensor(s): model.layers.0.extra.weight"),
+    "model_type": (lambda d: _edit_config(d, model_type="gpt2"),
+                   "unsupported model_type 'gpt2'"),
+    "rope_scaling": (lambda d: _edit_config(d, rope_scaling={"type": "linear", "factor": 2.0}),
+                     "rope scaling"),
+    "sliding_window": (lambda d: _edit_config(d, use_sliding_window=True),
+                       "sliding-window"),
+    "attention_bias": (lambda d: _edit_config(d, model_type="llama", attention_bias=True),
+                       "attention bias"),
+    "no_config": (lambda d: (d / "config.json").unlink(), "config.json: missing"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_one_line_and_nothing_written(good_dir, tmp_path, capsys, case):
+    d = _copy(good_dir, tmp_path)
+    breaker, message = CASES[case]
+    breaker(d)
+    out = tmp_path / "out"
+    code, err = _run(d, out, capsys)
+    assert code == 2
+    assert len(err.splitlines()) == 1, err
+    assert message in err, err
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_existing_nonempty_output_is_refused(good_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    code, err = _run(good_dir, out, capsys)
+    assert code == 2 and "output exists and is not empty" in err
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+def test_good_input_converts_and_round_trips(good_dir, tmp_path, capsys):
+    assert _run(good_dir, tmp_path / "ckpt", capsys)[0] == 0
+    code = main(["convert", "orbax-to-hf", "--ckpt", str(tmp_path / "ckpt"),
+                 "--out", str(tmp_path / "back")])
+    assert code == 0
+    a = convert.load_hf(good_dir)
+    b = convert.load_hf(tmp_path / "back")
+    import jax.numpy as jnp
+
+    tokens = jnp.arange(10).reshape(2, 5)
+    np.testing.assert_array_equal(np.asarray(a(tokens)), np.asarray(b(tokens)))
+
+
+def test_bfloat16_conversion_and_sharded_export(good_dir, tmp_path):
+    import jax.numpy as jnp
+
+    convert.hf_to_checkpoint(good_dir, tmp_path / "bf16", dtype="bfloat16")
+    model = convert.load_checkpoint(tmp_path / "bf16")
+    assert model.config.dtype == "bfloat16"
+    assert model.layers[0].mlp.up_proj.kernel.get_value().dtype == jnp.bfloat16
+    # Multi-file export with an index, then load it back through the index.
+    convert.export_hf(model, tmp_path / "sharded", max_shard_bytes=20_000)
+    files = sorted(p.name for p in (tmp_path / "sharded").iterdir())
+    assert "model.safetensors.index.json" in files and len(files) > 3
+    again = convert.load_hf(tmp_path / "sharded", dtype="bfloat16")
+    tokens = jnp.arange(10).reshape(2, 5)
+    np.testing.assert_array_equal(np.asarray(model(tokens), np.float32),
+                                  np.asarray(again(tokens), np.float32))
