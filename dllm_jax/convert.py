@@ -205,7 +205,8 @@ def load_hf(hf_dir: str | os.PathLike[str], dtype: str = "float32", mesh: Mesh |
             arr = src.get(key)
             if transpose:
                 arr = arr.T
-            return np.asarray(arr[index], dtype=target)
+            # An explicit copy: the device buffer must not alias the (released) mapping.
+            return np.array(arr[index], dtype=target, copy=True)
 
         if shardings is not None:
             sharding = shardings[path].get_value()
@@ -213,6 +214,7 @@ def load_hf(hf_dir: str | os.PathLike[str], dtype: str = "float32", mesh: Mesh |
         else:
             value = jnp.asarray(read(tuple(slice(None) for _ in shape)))
         flat[path].set_value(value)
+        src.release()
     for f in set(by_key.values()):
         f.close()
     return nnx.merge(graphdef, state)

@@ -79,6 +79,15 @@ class SafetensorsFile:
         arr = np.frombuffer(self._mm, dtype=dtype, count=count, offset=self.data_start + begin)
         return arr.reshape(info["shape"])
 
+    def release(self) -> None:
+        """Drops the mapped pages from this process's resident set (they stay readable).
+
+        Called after each tensor is consumed so importing a checkpoint keeps at most about one
+        tensor of the file resident, not the whole file.
+        """
+        if self._mm is not None and hasattr(self._mm, "madvise"):
+            self._mm.madvise(mmap.MADV_DONTNEED)
+
     def close(self) -> None:
         if self._mm is not None:
             try:

@@ -1,0 +1,29 @@
+# Two entry points, both self-installing into ./.venv with nothing but python3 and make:
+#   make demo   - the main job: the CPU demo on built-in data (train, sample, analyse, RL)
+#   make test   - the test suite (what CI runs)
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_ARGS ?=
+
+$(BIN)/.installed-base: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(BIN)/.installed-test: $(BIN)/.installed-base
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+.PHONY: install demo test lint
+install: $(BIN)/.installed-base
+
+demo: $(BIN)/.installed-base
+	$(BIN)/dllm-jax demo --out out/demo $(DEMO_ARGS)
+
+test: $(BIN)/.installed-test
+	$(BIN)/python -m pytest -q
+
+lint: $(BIN)/.installed-test
+	$(BIN)/python -m pip install --quiet ruff && $(BIN)/ruff check dllm_jax tests scripts
