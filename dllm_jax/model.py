@@ -177,6 +177,25 @@ class Block(nnx.Module):
         x_BLD = x_BLD + self.mlp(self.post_attention_layernorm(x_BLD))
         return shd.constrain(x_BLD, ("batch", "length", "act_embed")), probs
 
+    def kv(self, x_BLD, cos_BLE, sin_BLE):
+        """Keys and values of this layer for caching (after RoPE)."""
+        _, k, v = self.self_attn.qkv(self.input_layernorm(x_BLD), cos_BLE, sin_BLE)
+        return k, v
+
+    def cached(self, x_BND, cos_BNE, sin_BNE, k_BLKE, v_BLKE, start, key_mask_BL):
+        """Runs N block positions against cached keys/values of the whole sequence.
+
+        The block's fresh keys/values replace the cache at ``start``; ``key_mask_BL`` decides
+        which cached positions are visible (prefix only, or prefix and suffix).
+        """
+        h = self.input_layernorm(x_BND)
+        q, k_new, v_new = self.self_attn.qkv(h, cos_BNE, sin_BNE)
+        k = jax.lax.dynamic_update_slice_in_dim(k_BLKE, k_new.astype(k_BLKE.dtype), start, axis=1)
+        v = jax.lax.dynamic_update_slice_in_dim(v_BLKE, v_new.astype(v_BLKE.dtype), start, axis=1)
+        attn, _ = self.self_attn.attend(q, k, v, key_mask_BL, need_probs=False)
+        x_BND = x_BND + attn
+        return x_BND + self.mlp(self.post_attention_layernorm(x_BND))
+
 
 class Transformer(nnx.Module):
     """Bidirectional decoder-only transformer returning raw (unshifted) logits ``[B, L, V]``."""
@@ -251,6 +270,53 @@ class Transformer(nnx.Module):
         if not want_stats:
             return logits
         return logits, attention_statistics(probs, mask_BL, stats_keys_BL, return_attn_mean)
+
+    # ------------------------------------------------------------------ block KV cache
+    def prefill(self, tokens_BL: jax.Array, attention_mask: jax.Array | None = None
+                ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Full forward that also returns every layer's keys/values.
+
+        Returns:
+          raw logits ``[B, L, V]`` and a cache ``{"k", "v"}`` of shape ``[layers, B, L, K, E]``.
+        """
+        b, l = tokens_BL.shape
+        mask_BL = (jnp.ones((b, l), jnp.bool_) if attention_mask is None
+                   else attention_mask.astype(jnp.bool_))
+        cos, sin = rope_tables(positions_from_mask(mask_BL), self.config.head_dim,
+                               self.config.rope_theta)
+        x = self.embed(tokens_BL)
+        ks, vs = [], []
+        for layer in self.layers:
+            k, v = layer.kv(x, cos, sin)
+            ks.append(k)
+            vs.append(v)
+            x, _ = layer(x, cos, sin, mask_BL)
+        return self.head(x), {"k": jnp.stack(ks), "v": jnp.stack(vs)}
+
+    def decode_block(self, tokens_BL: jax.Array, attention_mask: jax.Array | None,
+                     cache: dict[str, jax.Array], start: jax.Array, block_length: int,
+                     visible_BL: jax.Array) -> jax.Array:
+        """Raw logits ``[B, N, V]`` of the N = ``block_length`` positions from ``start`` only.
+
+        Every layer recomputes the block's queries, keys and values and attends over the cached
+        keys/values of the rest of the sequence, restricted to ``visible_BL`` (the prefix for a
+        prefix cache; prefix and suffix for a dual cache). The cache is approximate for a
+        bidirectional model: it was computed when the block was still masked.
+        """
+        b, l = tokens_BL.shape
+        mask_BL = (jnp.ones((b, l), jnp.bool_) if attention_mask is None
+                   else attention_mask.astype(jnp.bool_))
+        cos, sin = rope_tables(positions_from_mask(mask_BL), self.config.head_dim,
+                               self.config.rope_theta)
+        take = functools.partial(jax.lax.dynamic_slice_in_dim, start_index=start,
+                                 slice_size=block_length, axis=1)
+        in_block = (jnp.arange(l) >= start) & (jnp.arange(l) < start + block_length)
+        key_mask = mask_BL & (visible_BL.astype(jnp.bool_) | in_block[None, :])
+        x = self.embed(take(tokens_BL))
+        cos_b, sin_b = take(cos), take(sin)
+        for i, layer in enumerate(self.layers):
+            x = layer.cached(x, cos_b, sin_b, cache["k"][i], cache["v"][i], start, key_mask)
+        return self.head(x)
 
 
 def attention_statistics(probs_BKGLM: jax.Array, mask_BL: jax.Array,
