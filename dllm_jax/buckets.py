@@ -3,7 +3,7 @@ handful of programs instead of one per prompt length."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -19,7 +19,8 @@ REMAT_POLICIES = ("none", "full", "dots")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 
 # HF ``model_type`` string -> family.
-MODEL_TYPES = {"llada": "llada", "Dream": "dream", "dream": "dream", "llama": "llama", "qwen2": "qwen2"}
+MODEL_TYPES = {"llada": "llada", "Dream": "dream", "dream": "dream", "llama": "llama",
+               "qwen2": "qwen2"}
 
 
 class ConfigError(ValueError):

@@ -14,8 +14,9 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -280,7 +281,8 @@ def load_checkpoint(path: str | os.PathLike[str], dtype: str | None = None,
         mesh = Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1, 1), shd.MESH_AXES)
     shardings = shd.state_shardings(state, mesh, rules)
     target = jax.tree.map(
-        lambda v, s: jax.ShapeDtypeStruct(v.get_value().shape, v.get_value().dtype, sharding=s.get_value()),
+        lambda v, s: jax.ShapeDtypeStruct(v.get_value().shape, v.get_value().dtype,
+                                          sharding=s.get_value()),
         state, shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))
     with ocp.StandardCheckpointer() as ckptr:
         restored = ckptr.restore((path / PARAMS_DIR).absolute(), nnx.to_pure_dict(target))

@@ -1,4 +1,4 @@
-"""The bidirectional masked-diffusion transformer (LLaDA / Dream / Llama / Qwen2 shapes) in Flax NNX.
+"""The bidirectional masked-diffusion transformer (LLaDA, Dream, Llama, Qwen2 shapes) in NNX.
 
 Shape legend (used in every name): B batch, L length, D model width, H query heads, K kv heads,
 G query heads per kv head, E head dim, F MLP width, V vocabulary.
@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dllm_jax.config import ModelConfig
 from dllm_jax import sharding as shd
+from dllm_jax.config import ModelConfig
 
 _NEG_INF = -1e30
 

@@ -12,7 +12,7 @@ from jax.sharding import PartitionSpec as P
 from dllm_jax import sharding as shd
 from dllm_jax.config import dream_7b, llada_8b
 from dllm_jax.model import Transformer
-from dllm_jax.testing import tiny_config, init_model
+from dllm_jax.testing import init_model, tiny_config
 
 
 @pytest.fixture(scope="module")
