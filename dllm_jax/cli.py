@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (ConversionError, ConfigError) as e:
+    except (ConversionError, ConfigError, ValueError, FileNotFoundError) as e:
+        # Bad input is reported as one line; anything else is a bug and keeps its traceback.
         print(f"dllm-jax: error: {e}", file=sys.stderr)
         return 2
 
