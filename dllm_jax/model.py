@@ -228,7 +228,8 @@ class Transformer(nnx.Module):
     def __call__(self, tokens_BL: jax.Array, attention_mask: jax.Array | None = None, *,
                  positions_BL: jax.Array | None = None,
                  stats_keys_BL: jax.Array | None = None,
-                 return_attn_mean: bool = False) -> Any:
+                 return_attn_mean: bool = False,
+                 window: tuple[Any, int] | None = None) -> Any:
         """Runs the model.
 
         Args:
@@ -240,6 +241,9 @@ class Transformer(nnx.Module):
           stats_keys_BL: if given, a ``[B, L]`` 0/1 indicator of the key set ``U``; the last
             layer also returns AGDO's attention statistics (SPEC section 6).
           return_attn_mean: also return the last layer's head-averaged attention ``[B, L, L]``.
+          window: ``(start, length)`` with a static length: return only the logits of positions
+            ``start .. start + length - 1`` (samplers need one block; the LM head over the whole
+            sequence would dominate the cost for a large vocabulary).
 
         Returns:
           logits ``[B, L, V]``; with statistics requested, ``(logits, aux)`` where ``aux`` holds
@@ -266,18 +270,22 @@ class Transformer(nnx.Module):
                 x, probs_i = layer(x, cos, sin, mask_BL, need_probs=need)
                 if need:
                     probs = probs_i
+        if window is not None:
+            x = jax.lax.dynamic_slice_in_dim(x, window[0], window[1], axis=1)
         logits = self.head(x)
         if not want_stats:
             return logits
         return logits, attention_statistics(probs, mask_BL, stats_keys_BL, return_attn_mean)
 
     # ------------------------------------------------------------------ block KV cache
-    def prefill(self, tokens_BL: jax.Array, attention_mask: jax.Array | None = None
+    def prefill(self, tokens_BL: jax.Array, attention_mask: jax.Array | None = None,
+                window: tuple[Any, int] | None = None
                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Full forward that also returns every layer's keys/values.
 
         Returns:
-          raw logits ``[B, L, V]`` and a cache ``{"k", "v"}`` of shape ``[layers, B, L, K, E]``.
+          raw logits ``[B, L, V]`` (or of the ``window``, as in ``__call__``) and a cache
+          ``{"k", "v"}`` of shape ``[layers, B, L, K, E]``.
         """
         b, l = tokens_BL.shape
         mask_BL = (jnp.ones((b, l), jnp.bool_) if attention_mask is None
@@ -291,6 +299,8 @@ class Transformer(nnx.Module):
             ks.append(k)
             vs.append(v)
             x, _ = layer(x, cos, sin, mask_BL)
+        if window is not None:
+            x = jax.lax.dynamic_slice_in_dim(x, window[0], window[1], axis=1)
         return self.head(x), {"k": jnp.stack(ks), "v": jnp.stack(vs)}
 
     def decode_block(self, tokens_BL: jax.Array, attention_mask: jax.Array | None,

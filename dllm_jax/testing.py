@@ -26,3 +26,20 @@ def tiny_config(family: str = "llada", **overrides: Any) -> ModelConfig:
 def tiny_model(family: str = "llada", seed: int = 0, **overrides: Any) -> Transformer:
     """A tiny randomly initialised model; see :func:`tiny_config`."""
     return init_model(tiny_config(family, **overrides), seed=seed)
+
+
+def sharpened(model: Transformer, factor: float = 5.0, mask_scale: float = 0.02) -> Transformer:
+    """Makes a random tiny model's predictions peaked and context-dependent, in place.
+
+    Scales the embedding and LM head by ``factor`` and shrinks the MASK embedding by
+    ``mask_scale`` (so a masked position's prediction comes from its context rather than its
+    own embedding); argmax decoding then exercises ordering instead of emitting one token.
+    """
+    emb = model.embed_tokens[...] * factor
+    mask_id = model.config.mask_token_id
+    if mask_id is not None:
+        emb = emb.at[mask_id].multiply(mask_scale)
+    model.embed_tokens[...] = emb
+    if model.lm_head is not None:
+        model.lm_head[...] = model.lm_head[...] * factor
+    return model

@@ -1,0 +1,325 @@
+"""Sampler configurations: one frozen dataclass per preset, resolved into a static ``Plan``.
+
+A preset (``LLaDAConfig``, ``DreamConfig``, ``IMHConfig``) holds the knobs under the names the
+reference implementations use and validates them when constructed, so a bad combination fails
+with one line before anything is compiled. ``preset.plan(model_config, prompt_length)`` turns it
+into a hashable ``Plan``: the schedule precomputed on the host (it does not depend on the prompt
+contents), used as a static argument of the compiled sampler.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from dllm_jax.config import ConfigError, ModelConfig
+
+LLADA_REMASKING = ("low_confidence", "random", "tpp", "topk_margin", "entropy", "max_s")
+DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
+CACHE_MODES = ("none", "prefix", "dual")
+IMH_PROPOSALS = ("random", "tpp")
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def _check_common(temperature: float, top_p: float | None, top_k: int | None,
+                  cache: str) -> None:
+    _check(temperature >= 0, f"temperature must be >= 0, got {temperature}")
+    _check(top_p is None or 0 < top_p <= 1, f"top_p must be in (0, 1], got {top_p}")
+    _check(top_k is None or top_k >= 1, f"top_k must be >= 1, got {top_k}")
+    _check(cache in CACHE_MODES, f"cache must be one of {CACHE_MODES}, got {cache!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Static description of one compiled sampler (hashable; a jit static argument).
+
+    ``counts`` is ``[num_blocks][steps_per_block]`` tokens to commit per step (``None`` when the
+    count is decided at run time: threshold decoding or Dream's ``origin``).
+    """
+
+    gen_length: int
+    block_length: int
+    num_blocks: int
+    steps_per_block: int
+    counts: tuple[tuple[int, ...], ...] | None
+    token_mode: str  # "llada": argmax(logits + T * gumbel); "dream": tempered, filtered softmax
+    rule: str  # low_confidence | random | tpp | topk_margin | entropy | maskgit_plus | origin | max_s
+    temperature: float = 0.0
+    top_p: float | None = None
+    top_k: int | None = None
+    alg_temp: float = 0.0
+    threshold: float | None = None
+    transfer_probs: tuple[float, ...] | None = None  # origin: 1 - s/t per step
+    cfg_scale: float = 0.0
+    logits_eos_inf: bool = False
+    confidence_eos_eot_inf: bool = False
+    eos_id: int = -1
+    eot_id: int = -1
+    mask_id: int = 0
+    pad_id: int = 0
+    cache: str = "none"
+    shift: int = 0
+
+    @property
+    def total_steps(self) -> int:
+        return self.num_blocks * self.steps_per_block
+
+
+def llada_counts(masked: int, steps: int) -> tuple[int, ...]:
+    """LLaDA's ``get_num_transfer_tokens``: ``m // s`` each step plus one for the first ``m % s``."""
+    base, rem = divmod(masked, steps)
+    return tuple(base + (1 if j < rem else 0) for j in range(steps))
+
+
+def torch_linspace_f32(start: float, end: float, num: int) -> np.ndarray:
+    """``torch.linspace(start, end, num)`` in float32, bit for bit.
+
+    torch fills the first half as ``start + step * i`` and the second as
+    ``end - step * (num - 1 - i)`` with a fused multiply-add (one rounding), which float64
+    arithmetic rounded once to float32 reproduces exactly (checked against torch in the tests).
+    """
+    start32, end32 = np.float32(start), np.float32(end)
+    if num == 1:
+        return np.array([start32], np.float32)
+    step = np.float32((end32 - start32) / np.float32(num - 1))
+    i = np.arange(num, dtype=np.float64)
+    first = np.float64(start32) + np.float64(step) * i
+    second = np.float64(end32) - np.float64(step) * (num - 1 - i)
+    return np.where(np.arange(num) < num // 2, first, second).astype(np.float32)
+
+
+def dream_counts(masked: int, steps: int, eps: float) -> tuple[int, ...]:
+    """Dream's per-step commit counts ``int(m * (1 - s / t))`` in float32, all at the last step.
+
+    The masked count evolves deterministically (each step commits exactly its count), so the
+    whole schedule is known before sampling starts.
+    """
+    ts = torch_linspace_f32(1.0, eps, steps + 1)
+    out, m = [], masked
+    for i in range(steps):
+        if i < steps - 1:
+            n = int(np.float32(m) * (np.float32(1.0) - ts[i + 1] / ts[i]))
+        else:
+            n = m
+        n = min(n, m)
+        out.append(n)
+        m -= n
+    return tuple(out)
+
+
+def dream_transfer_probs(steps: int, eps: float) -> tuple[float, ...]:
+    ts = torch_linspace_f32(1.0, eps, steps + 1)
+    return tuple(float(np.float32(1.0) - ts[i + 1] / ts[i]) if i < steps - 1 else 1.0
+                 for i in range(steps))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LLaDAConfig:
+    """LLaDA's semi-autoregressive ``generate`` (ML-GSAI/LLaDA ``generate.py``) and extensions.
+
+    Attributes:
+      steps: total denoising steps over all blocks (must be a multiple of the block count).
+      gen_length: tokens to generate (a multiple of ``block_length``).
+      block_length: semi-autoregressive block size.
+      temperature: Gumbel-max temperature; 0 is argmax.
+      cfg_scale: classifier-free guidance (unconditional pass has the prompt masked).
+      remasking: which masked positions to commit: ``low_confidence`` (sample, then keep the
+        most probable samples), ``random``, ``tpp`` (top-probability position, then sample),
+        ``topk_margin``, ``entropy`` or ``max_s`` (AGDO: largest attention to committed tokens).
+      threshold: if set, Fast-dLLM parallel decoding: commit every candidate whose confidence is
+        >= threshold (at least one per step; the block's last step commits what is left).
+      top_p, top_k: optional filtering of the token distribution before sampling.
+      alg_temp: > 0 samples positions from ``softmax(confidence / alg_temp)`` without
+        replacement instead of taking the top ones.
+      logits_eos_inf: EOS logit set to -inf before sampling.
+      confidence_eos_eot_inf: positions whose sample is EOS or EOT get confidence -inf.
+      eot_token_id: EOT id for ``confidence_eos_eot_inf`` (LLaDA-Instruct: 126348).
+      mask_id: MASK id; default the model's.
+      cache: ``none``, ``prefix`` or ``dual`` block KV cache (Fast-dLLM).
+    """
+
+    steps: int = 128
+    gen_length: int = 128
+    block_length: int = 128
+    temperature: float = 0.0
+    cfg_scale: float = 0.0
+    remasking: str = "low_confidence"
+    threshold: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    alg_temp: float = 0.0
+    logits_eos_inf: bool = False
+    confidence_eos_eot_inf: bool = False
+    eot_token_id: int | None = None
+    mask_id: int | None = None
+    cache: str = "none"
+
+    def __post_init__(self):
+        _check(self.gen_length >= 1, f"gen_length must be >= 1, got {self.gen_length}")
+        _check(self.block_length >= 1, f"block_length must be >= 1, got {self.block_length}")
+        _check(self.gen_length % self.block_length == 0,
+               f"gen_length {self.gen_length} is not divisible by block_length "
+               f"{self.block_length}")
+        blocks = self.gen_length // self.block_length
+        _check(self.steps >= 1 and self.steps % blocks == 0,
+               f"steps {self.steps} is not divisible by the number of blocks {blocks} "
+               f"(gen_length / block_length)")
+        _check(self.remasking in LLADA_REMASKING,
+               f"unknown remasking {self.remasking!r}; choose from {LLADA_REMASKING}")
+        _check(self.cfg_scale >= 0, f"cfg_scale must be >= 0, got {self.cfg_scale}")
+        _check(self.alg_temp >= 0, f"alg_temp must be >= 0, got {self.alg_temp}")
+        _check(self.threshold is None or 0 <= self.threshold <= 1,
+               f"threshold must be in [0, 1], got {self.threshold}")
+        _check_common(self.temperature, self.top_p, self.top_k, self.cache)
+        _check(not (self.cache != "none" and self.remasking == "max_s"),
+               "remasking 'max_s' needs full attention statistics; use cache='none'")
+
+    def plan(self, model_config: ModelConfig, prompt_length: int) -> Plan:
+        blocks = self.gen_length // self.block_length
+        spb = self.steps // blocks
+        counts = None
+        if self.threshold is None:
+            counts = (llada_counts(self.block_length, spb),) * blocks
+        return Plan(
+            gen_length=self.gen_length, block_length=self.block_length, num_blocks=blocks,
+            steps_per_block=spb, counts=counts, token_mode="llada", rule=self.remasking,
+            temperature=float(self.temperature), top_p=self.top_p, top_k=self.top_k,
+            alg_temp=float(self.alg_temp), threshold=self.threshold,
+            cfg_scale=float(self.cfg_scale), logits_eos_inf=self.logits_eos_inf,
+            confidence_eos_eot_inf=self.confidence_eos_eot_inf,
+            **_ids(model_config, self.mask_id, self.eot_token_id), cache=self.cache,
+            shift=_shift(model_config, prompt_length, self.cache))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DreamConfig:
+    """Dream's ``diffusion_generate`` (Dream ``generation_utils.py``).
+
+    Attributes:
+      steps: denoising steps.
+      max_new_tokens: tokens to generate.
+      temperature, top_p, top_k: token distribution (``logits / T``, then filters, softmax).
+      eps: the time grid is ``linspace(1, eps, steps + 1)``.
+      alg: ``origin`` (each masked position commits with probability ``1 - s/t``),
+        ``maskgit_plus``, ``topk_margin`` or ``entropy`` (commit ``int(m (1 - s/t))``
+        most confident positions).
+      alg_temp: > 0 samples positions from ``softmax(confidence / alg_temp)``.
+      block_length: optional semi-autoregressive blocks (default: one block, as Dream does).
+      mask_id: MASK id; default the model's.
+      cache: block KV cache mode (only useful with blocks).
+
+    Batches: the reference sizes each step by the batch-mean mask count. Every row here starts
+    with the same number of masked positions and commits the same count per step, so per-row
+    and batch-mean counts coincide; a row's output never depends on the rest of the batch.
+    """
+
+    steps: int = 512
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float | None = None
+    top_k: int | None = None
+    eps: float = 1e-3
+    alg: str = "origin"
+    alg_temp: float | None = None
+    block_length: int | None = None
+    mask_id: int | None = None
+    cache: str = "none"
+
+    def __post_init__(self):
+        _check(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        _check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        _check(self.alg in DREAM_ALGS, f"unknown alg {self.alg!r}; choose from {DREAM_ALGS}")
+        _check(0 < self.eps < 1, f"eps must be in (0, 1), got {self.eps}")
+        _check(self.alg_temp is None or self.alg_temp >= 0,
+               f"alg_temp must be >= 0, got {self.alg_temp}")
+        bl = self.block_length or self.max_new_tokens
+        _check(self.max_new_tokens % bl == 0,
+               f"max_new_tokens {self.max_new_tokens} is not divisible by block_length {bl}")
+        _check(self.steps % (self.max_new_tokens // bl) == 0,
+               f"steps {self.steps} is not divisible by the number of blocks "
+               f"{self.max_new_tokens // bl}")
+        _check_common(self.temperature, self.top_p, self.top_k, self.cache)
+
+    def plan(self, model_config: ModelConfig, prompt_length: int) -> Plan:
+        bl = self.block_length or self.max_new_tokens
+        blocks = self.max_new_tokens // bl
+        spb = self.steps // blocks
+        origin = self.alg == "origin"
+        return Plan(
+            gen_length=self.max_new_tokens, block_length=bl, num_blocks=blocks,
+            steps_per_block=spb,
+            counts=None if origin else (dream_counts(bl, spb, self.eps),) * blocks,
+            token_mode="dream", rule=self.alg, temperature=float(self.temperature),
+            top_p=self.top_p, top_k=self.top_k, alg_temp=float(self.alg_temp or 0.0),
+            transfer_probs=dream_transfer_probs(spb, self.eps) if origin else None,
+            **_ids(model_config, self.mask_id, None), cache=self.cache,
+            shift=_shift(model_config, prompt_length, self.cache))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class IMHConfig:
+    """Global tempering by Independent Metropolis-Hastings over K block candidates (SPEC 5).
+
+    Attributes:
+      alpha: target ``p^alpha`` (1 reproduces the proposal; large is greedy over candidates).
+      num_candidates: K candidate completions of each block, drawn as one batch.
+      proposal: ``random`` (random-order remasking) or ``tpp`` at ``proposal_temperature``.
+      proposal_temperature: temperature of the proposal's token sampling.
+      gen_length, block_length, steps: as in LLaDA (steps over all blocks).
+      mask_id: MASK id; default the model's.
+    """
+
+    alpha: float = 4.0
+    num_candidates: int = 8
+    proposal: str = "random"
+    proposal_temperature: float = 1.0
+    gen_length: int = 128
+    block_length: int = 32
+    steps: int = 128
+    mask_id: int | None = None
+
+    def __post_init__(self):
+        _check(self.alpha > 0, f"alpha must be > 0, got {self.alpha}")
+        _check(self.num_candidates >= 1, f"num_candidates must be >= 1, got {self.num_candidates}")
+        _check(self.proposal in IMH_PROPOSALS,
+               f"unknown proposal {self.proposal!r}; choose from {IMH_PROPOSALS}")
+        _check(self.proposal_temperature > 0,
+               f"proposal_temperature must be > 0, got {self.proposal_temperature}")
+        LLaDAConfig(steps=self.steps, gen_length=self.gen_length, block_length=self.block_length)
+
+    def proposal_config(self) -> LLaDAConfig:
+        return LLaDAConfig(steps=self.steps, gen_length=self.gen_length,
+                           block_length=self.block_length, temperature=self.proposal_temperature,
+                           remasking=self.proposal, mask_id=self.mask_id)
+
+    def plan(self, model_config: ModelConfig, prompt_length: int) -> Plan:
+        return self.proposal_config().plan(model_config, prompt_length)
+
+
+SamplerConfig = LLaDAConfig | DreamConfig | IMHConfig
+
+
+def _ids(model_config: ModelConfig, mask_id: int | None, eot: int | None) -> dict:
+    mask = model_config.mask_token_id if mask_id is None else mask_id
+    _check(mask is not None and 0 <= mask < model_config.vocab_size,
+           f"mask id {mask} is not a token of the model (vocab {model_config.vocab_size})")
+    eos = model_config.eos_token_id
+    pad = model_config.pad_token_id if model_config.pad_token_id is not None else eos
+    return dict(mask_id=int(mask), eos_id=-1 if eos is None else int(eos),
+                pad_id=int(pad if pad is not None else 0), eot_id=-1 if eot is None else int(eot))
+
+
+def _shift(model_config: ModelConfig, prompt_length: int, cache: str) -> int:
+    shift = 1 if model_config.shift_logits else 0
+    _check(prompt_length >= shift, "a model with shifted logits needs a non-empty prompt")
+    return shift
+
+
+def num_blocks_for(gen_length: int, block_length: int) -> int:
+    return math.ceil(gen_length / block_length)
