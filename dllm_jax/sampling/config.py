@@ -49,7 +49,8 @@ class Plan:
     steps_per_block: int
     counts: tuple[tuple[int, ...], ...] | None
     token_mode: str  # "llada": argmax(logits + T * gumbel); "dream": tempered, filtered softmax
-    rule: str  # low_confidence | random | tpp | topk_margin | entropy | maskgit_plus | origin | max_s
+    # low_confidence | random | tpp | topk_margin | entropy | maskgit_plus | origin | max_s
+    rule: str
     temperature: float = 0.0
     top_p: float | None = None
     top_k: int | None = None
@@ -72,7 +73,7 @@ class Plan:
 
 
 def llada_counts(masked: int, steps: int) -> tuple[int, ...]:
-    """LLaDA's ``get_num_transfer_tokens``: ``m // s`` each step plus one for the first ``m % s``."""
+    """LLaDA's ``get_num_transfer_tokens``: ``m // s`` per step, +1 for the first ``m % s``."""
     base, rem = divmod(masked, steps)
     return tuple(base + (1 if j < rem else 0) for j in range(steps))
 
