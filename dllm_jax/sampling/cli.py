@@ -1,0 +1,212 @@
+"""``dllm-jax generate`` and ``dllm-jax trajectory``, and the sampler flags other commands share."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dllm_jax.config import ConfigError
+
+
+def add_sampler_arguments(p: argparse.ArgumentParser) -> None:
+    """Adds ``--sampler`` and every sampler knob (defaults are each preset's own)."""
+    g = p.add_argument_group("sampler")
+    g.add_argument("--sampler", default="llada", choices=["llada", "dream", "imh"])
+    g.add_argument("--gen-length", type=int, help="llada/imh: tokens to generate")
+    g.add_argument("--steps", type=int, help="denoising steps (all blocks together)")
+    g.add_argument("--block-length", type=int, help="semi-autoregressive block size")
+    g.add_argument("--temperature", type=float)
+    g.add_argument("--cfg-scale", type=float, help="llada: classifier-free guidance")
+    g.add_argument("--remasking", help="llada: low_confidence|random|tpp|topk_margin|entropy|max_s")
+    g.add_argument("--threshold", type=float, help="llada: confidence-threshold parallel decoding")
+    g.add_argument("--logits-eos-inf", action="store_true", default=None)
+    g.add_argument("--max-new-tokens", type=int, help="dream: tokens to generate")
+    g.add_argument("--top-p", type=float)
+    g.add_argument("--top-k", type=int)
+    g.add_argument("--eps", type=float, help="dream: final time of the grid")
+    g.add_argument("--alg", help="dream: origin|maskgit_plus|topk_margin|entropy")
+    g.add_argument("--alg-temp", type=float)
+    g.add_argument("--cache", choices=["none", "prefix", "dual"])
+    g.add_argument("--alpha", type=float, help="imh: target p^alpha")
+    g.add_argument("--num-candidates", type=int, help="imh: candidates per block (K)")
+    g.add_argument("--proposal", choices=["random", "tpp"], help="imh: proposal sampler")
+    g.add_argument("--proposal-temperature", type=float)
+
+
+_FIELDS = {
+    "llada": {"gen_length", "steps", "block_length", "temperature", "cfg_scale", "remasking",
+              "threshold", "logits_eos_inf", "top_p", "top_k", "alg_temp", "cache"},
+    "dream": {"max_new_tokens", "steps", "block_length", "temperature", "top_p", "top_k", "eps",
+              "alg", "alg_temp", "cache"},
+    "imh": {"alpha", "num_candidates", "proposal", "proposal_temperature", "gen_length",
+            "block_length", "steps"},
+}
+
+
+def sampler_config_from_args(args: argparse.Namespace, model_config: Any = None):
+    """The preset's frozen config from parsed flags; a flag the preset does not take is an
+    error (one line), so a typo never silently falls back to a default."""
+    from dllm_jax.sampling.config import DreamConfig, IMHConfig, LLaDAConfig
+
+    cls = {"llada": LLaDAConfig, "dream": DreamConfig, "imh": IMHConfig}[args.sampler]
+    all_fields = set().union(*_FIELDS.values())
+    given = {k: getattr(args, k) for k in all_fields if getattr(args, k, None) is not None}
+    extra = sorted(set(given) - _FIELDS[args.sampler])
+    if extra:
+        flags = ", ".join("--" + k.replace("_", "-") for k in extra)
+        raise ConfigError(f"{flags} not used by --sampler {args.sampler}")
+    return cls(**given)
+
+
+def _parse_prompt_ids(text: str) -> list[list[int]]:
+    try:
+        rows = [[int(t) for t in row.split(",") if t.strip()] for row in text.split(";")]
+    except ValueError as e:
+        raise ConfigError(f"--prompt-ids must look like 1,2,3;4,5,6: {e}") from None
+    if not rows or any(not r for r in rows):
+        raise ConfigError("--prompt-ids has an empty prompt")
+    return rows
+
+
+def load_tokenizer(path: str | Path):
+    """A dllm-jax character tokenizer saved with a checkpoint, else an HF tokenizer."""
+    path = Path(path)
+    try:
+        from dllm_jax.tasks.chartok import CharTokenizer
+
+        if CharTokenizer.is_saved_in(path):
+            return CharTokenizer.load(path)
+    except ImportError:
+        pass
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"no tokenizer found in {path}: {e}") from None
+
+
+def encode_prompts(tokenizer, prompts: list[str], chat_template: bool) -> list[list[int]]:
+    out = []
+    for text in prompts:
+        if chat_template and getattr(tokenizer, "chat_template", None):
+            ids = tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                                add_generation_prompt=True, tokenize=True)
+            if isinstance(ids, dict):
+                ids = ids["input_ids"]
+        else:
+            ids = tokenizer.encode(text)
+        out.append(list(ids))
+    return out
+
+
+def _prepare(args: argparse.Namespace):
+    """Validates flags (no compilation yet), loads the model and prompts."""
+    if (args.prompt is None) == (args.prompt_ids is None):
+        raise ConfigError("give exactly one of --prompt and --prompt-ids")
+    if not Path(args.model).is_dir():
+        raise ConfigError(f"--model {args.model} is not a directory")
+    config = sampler_config_from_args(args)
+    tokenizer = None
+    if args.prompt is not None:
+        tokenizer = load_tokenizer(args.tokenizer or args.model)
+        prompts = encode_prompts(tokenizer, list(args.prompt), not args.no_chat_template)
+    else:
+        prompts = _parse_prompt_ids(args.prompt_ids)
+    import dllm_jax
+
+    model = dllm_jax.from_pretrained(args.model, dtype=args.dtype)
+    vocab = model.config.vocab_size
+    bad = [t for row in prompts for t in row if not 0 <= t < vocab]
+    if bad:
+        raise ConfigError(f"prompt token id {bad[0]} is outside the vocabulary (size {vocab})")
+    config.plan(model.config, max(len(r) for r in prompts))  # schedule errors before compiling
+    return model, config, prompts, tokenizer
+
+
+def _decode(tokenizer, seqs: np.ndarray, p_len: int) -> list[str] | None:
+    if tokenizer is None:
+        return None
+    return [tokenizer.decode([int(t) for t in row[p_len:]], skip_special_tokens=True)
+            for row in seqs]
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="HF or dllm-jax checkpoint directory")
+    p.add_argument("--prompt", action="append", help="prompt text (repeat for a batch)")
+    p.add_argument("--prompt-ids", help="token ids: 1,2,3 or 1,2;3,4 for a batch")
+    p.add_argument("--tokenizer", help="tokenizer directory (default: --model)")
+    p.add_argument("--no-chat-template", action="store_true")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print JSON on stdout")
+    add_sampler_arguments(p)
+
+
+def add_generate_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("generate", help="sample completions with a diffusion LM")
+    _add_common(p)
+    p.add_argument("--trajectory", help="write the trajectory record to this .npz")
+    p.set_defaults(func=_generate)
+
+
+def add_trajectory_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("trajectory", help="record a denoising trajectory and plot it")
+    _add_common(p)
+    p.add_argument("--plot", required=True, help="output PNG")
+    p.add_argument("--zone-threshold", type=float, default=1.0)
+    p.set_defaults(func=_trajectory)
+
+
+def _run(args: argparse.Namespace, record: bool):
+    from dllm_jax.sampling import generate
+
+    model, config, prompts, tokenizer = _prepare(args)
+    out = generate(model, prompts, config=config, key=args.seed, record=record)
+    seqs = np.asarray(out.sequences)
+    p_len = seqs.shape[1] - (config.max_new_tokens if hasattr(config, "max_new_tokens")
+                             else config.gen_length)
+    return out, seqs, p_len, tokenizer
+
+
+def _generate(args: argparse.Namespace) -> int:
+    record = args.trajectory is not None
+    out, seqs, p_len, tokenizer = _run(args, record)
+    text = _decode(tokenizer, seqs, p_len)
+    if record:
+        t = out.trajectory
+        np.savez(args.trajectory, sequences=seqs, **{
+            k: np.asarray(v) for k, v in t._asdict().items() if v is not None})
+    if args.json:
+        print(json.dumps({"sequences": seqs.tolist(), "text": text}))
+    else:
+        for i, row in enumerate(seqs):
+            print(f"[{i}] {text[i] if text else row[p_len:].tolist()}")
+    return 0
+
+
+def _trajectory(args: argparse.Namespace) -> int:
+    from dllm_jax.analysis import confusion_zones, plot_trajectory
+
+    out, seqs, p_len, tokenizer = _run(args, True)
+    t = out.trajectory
+    zones = plot_trajectory(t, args.plot, row=0, threshold=args.zone_threshold)
+    rows = []
+    for i in range(seqs.shape[0]):
+        z = confusion_zones(np.asarray(t.roec[i]), np.asarray(t.margin[i]), args.zone_threshold)
+        rows.append({"entropy": np.asarray(t.entropy[i]).tolist(),
+                     "margin": np.asarray(t.margin[i]).tolist(),
+                     "roec": np.asarray(t.roec[i]).tolist(),
+                     "zones": [[zz.start, zz.end] for zz in z]})
+    if args.json:
+        print(json.dumps({"sequences": seqs.tolist(), "text": _decode(tokenizer, seqs, p_len),
+                          "steps": rows}))
+    else:
+        print(f"wrote {args.plot}; {len(zones)} confusion zone(s) in row 0: "
+              + ", ".join(f"steps {z.start}-{z.end - 1}" for z in zones), file=sys.stdout)
+    return 0
