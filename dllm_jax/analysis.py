@@ -120,7 +120,8 @@ def zone_report(trajectory, correct: Sequence[bool], threshold: float = 1.0) -> 
     feats = zone_features(np.asarray(trajectory.entropy), np.asarray(trajectory.margin),
                           np.asarray(trajectory.roec), threshold)
     correct = np.asarray(correct, bool)
-    out = {"num_rows": int(len(correct)), "accuracy": float(correct.mean()) if len(correct) else 0.0,
+    acc = float(correct.mean()) if len(correct) else 0.0
+    out = {"num_rows": int(len(correct)), "accuracy": acc,
            "mean_num_zones": float(feats["num_zones"].mean()),
            "mean_zone_fraction": float(feats["zone_fraction"].mean()), "auc": {}}
     for name, vals in feats.items():
