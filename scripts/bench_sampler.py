@@ -25,15 +25,17 @@ def torch_llada_generate(model, prompt, steps, gen_length, block_length, mask_id
     import torch
 
     b, p = prompt.shape
-    x = torch.full((b, p + gen_length), mask_id, dtype=torch.long)
+    dev = prompt.device
+    x = torch.full((b, p + gen_length), mask_id, dtype=torch.long, device=dev)
     x[:, :p] = prompt
-    bias = torch.zeros(b, 1, x.shape[1], x.shape[1])  # bidirectional: nothing masked
+    dtype = next(model.parameters()).dtype
+    bias = torch.zeros(b, 1, x.shape[1], x.shape[1], device=dev, dtype=dtype)  # bidirectional
     num_blocks = gen_length // block_length
     steps = steps // num_blocks
     for nb in range(num_blocks):
         lo, hi = p + nb * block_length, p + (nb + 1) * block_length
         mask_num = (x[:, lo:hi] == mask_id).sum(1, keepdim=True)
-        num_transfer = torch.zeros(b, steps, dtype=torch.long) + mask_num // steps
+        num_transfer = torch.zeros(b, steps, dtype=torch.long, device=dev) + mask_num // steps
         for i in range(b):
             num_transfer[i, :int(mask_num[i] % steps)] += 1
         for i in range(steps):
@@ -45,7 +47,8 @@ def torch_llada_generate(model, prompt, steps, gen_length, block_length, mask_id
             x0_p = torch.gather(torch.softmax(logits.double(), -1), -1, x0[..., None])[..., 0]
             x0_p[:, hi:] = -float("inf")
             x0 = torch.where(mask_index, x0, x)
-            conf = torch.where(mask_index, x0_p, torch.tensor(-float("inf"), dtype=x0_p.dtype))
+            conf = torch.where(mask_index, x0_p,
+                               torch.tensor(-float("inf"), dtype=x0_p.dtype, device=dev))
             for j in range(b):
                 _, sel = torch.topk(conf[j], k=int(num_transfer[j, i]))
                 x[j, sel] = x0[j, sel]
