@@ -1,0 +1,43 @@
+"""Training objectives: scoring (model -> per-token log-probs) kept apart from losses (pure
+functions of arrays returning ``(loss, aux)``), ATPO selectors and AGDO (SPEC 2, 4, 6)."""
+
+from dllm_jax.objectives.agdo import (
+    agdo_advantages,
+    agdo_rl_loss,
+    agdo_sft_loss,
+    attention_order,
+    influence,
+)
+from dllm_jax.objectives.losses import (
+    clipped_objective,
+    completion_mask_until_eos,
+    diffu_grpo_loss,
+    forward_mask,
+    group_advantages,
+    k3_kl,
+    masked_diffusion_loss,
+    sft_loss,
+    token_logprobs,
+    tracerl_loss,
+    wd1_loss,
+)
+from dllm_jax.objectives.registry import LOSSES, get_loss
+from dllm_jax.objectives.scoring import (
+    aligned,
+    d1_inputs,
+    mc_log_likelihood,
+    score_masked,
+    state_batch,
+    states_from_steps,
+    tracerl_states,
+)
+from dllm_jax.objectives.selectors import SELECTORS, get_selector
+
+__all__ = [
+    "LOSSES", "SELECTORS", "agdo_advantages", "agdo_rl_loss", "agdo_sft_loss", "aligned",
+    "attention_order", "clipped_objective", "completion_mask_until_eos", "d1_inputs",
+    "diffu_grpo_loss", "forward_mask", "get_loss", "get_selector", "group_advantages",
+    "influence", "k3_kl", "masked_diffusion_loss", "mc_log_likelihood", "score_masked",
+    "sft_loss", "state_batch", "states_from_steps", "token_logprobs", "tracerl_loss",
+    "tracerl_states", "wd1_loss",
+]
