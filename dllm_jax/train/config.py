@@ -1,0 +1,68 @@
+"""Frozen, validated training configs (YAML files in ``configs/`` override these fields)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    """AdamW with warmup + cosine (or constant) schedule and global-norm clipping.
+
+    ``grad_accum``: micro-batches per step (a ``lax.scan`` inside the compiled step).
+    """
+
+    lr: float = 1e-3
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    total_steps: int = 1000
+    end_lr_factor: float = 0.1
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.99
+    clip_norm: float | None = 1.0
+    grad_accum: int = 1
+
+    def __post_init__(self):
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(
+                f"optim.schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if self.warmup_steps < 0 or self.total_steps < 1:
+            raise ValueError("optim.warmup_steps must be >= 0 and optim.total_steps >= 1")
+        if self.grad_accum < 1:
+            raise ValueError(f"optim.grad_accum must be >= 1, got {self.grad_accum}")
+        if self.clip_norm is not None and self.clip_norm <= 0:
+            raise ValueError(f"optim.clip_norm must be > 0 or null, got {self.clip_norm}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CheckpointConfig:
+    """Save every ``every`` steps and at the end, keeping the newest ``keep``."""
+
+    every: int = 100
+    keep: int = 2
+
+    def __post_init__(self):
+        if self.every < 1 or self.keep < 1:
+            raise ValueError("checkpoint.every and checkpoint.keep must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    seed: int = 0
+    steps: int = 100
+    batch_size: int = 32
+    mesh: tuple[int, int, int] | None = None  # (data, fsdp, tensor); default all on fsdp
+    log_every: int = 10
+    tensorboard: bool = False
+    optim: OptimConfig = OptimConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be >= 1")
+        if self.batch_size % self.optim.grad_accum:
+            raise ValueError(f"batch_size {self.batch_size} is not divisible by "
+                             f"optim.grad_accum {self.optim.grad_accum}")

@@ -1,0 +1,160 @@
+"""The sharded train step: ``jax.jit`` with explicit in/out shardings over the mesh.
+
+Train state is a plain dict ``{"params", "opt", "step"}`` of arrays (``params`` is the model's
+pure-dict state), so optax, orbax and shardings all see ordinary pytrees. Parameters follow the
+logical-axis rules (FSDP over ``fsdp``, tensor parallel over ``tensor``); the optimiser state
+takes each parameter's sharding; the batch is split over ``(data, fsdp)``. Gradient
+accumulation runs the micro-batches in a ``lax.scan`` inside the compiled step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from dllm_jax import sharding as shd
+from dllm_jax.objectives import aligned, forward_mask, sft_loss, token_logprobs
+from dllm_jax.train.config import OptimConfig
+
+LossFn = Callable[[nnx.Module, dict[str, jax.Array], jax.Array], tuple[jax.Array, dict]]
+
+
+def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
+    """AdamW with linear warmup then cosine decay (or constant), after global-norm clipping."""
+    if cfg.schedule == "cosine":
+        sched = optax.warmup_cosine_decay_schedule(
+            0.0 if cfg.warmup_steps else cfg.lr, cfg.lr, max(cfg.warmup_steps, 1),
+            max(cfg.total_steps, cfg.warmup_steps + 1), cfg.lr * cfg.end_lr_factor)
+    elif cfg.warmup_steps:
+        sched = optax.join_schedules(
+            [optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps), optax.constant_schedule(cfg.lr)],
+            [cfg.warmup_steps])
+    else:
+        sched = optax.constant_schedule(cfg.lr)
+    parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm else []
+    parts.append(optax.adamw(sched, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay))
+    return optax.chain(*parts)
+
+
+def sft_objective(model: nnx.Module, batch: dict[str, jax.Array], key: jax.Array,
+                  eps: float = 1e-3) -> tuple[jax.Array, dict]:
+    """Masked-diffusion SFT on ``batch = {tokens, response_mask, attention_mask?}``."""
+    tokens = batch["tokens"]
+    resp = batch["response_mask"]
+    noisy, masked, p_mask = forward_mask(key, tokens, resp, model.config.mask_token_id, eps)
+    logp = token_logprobs(aligned(model, noisy, batch.get("attention_mask")), tokens)
+    return sft_loss(logp, masked, p_mask, resp)
+
+
+def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, dict]:
+    graphdef, state = nnx.split(model)
+    return graphdef, nnx.to_pure_dict(state)
+
+
+def param_shardings(model: nnx.Module, mesh: Mesh, rules: shd.ShardingRules | None = None):
+    """Pure-dict tree of NamedShardings for the model's parameters."""
+    state = nnx.state(model)
+    return nnx.to_pure_dict(shd.state_shardings(state, mesh, rules))
+
+
+def state_shardings(model: nnx.Module, optimizer: optax.GradientTransformation, mesh: Mesh,
+                    rules: shd.ShardingRules | None = None) -> dict:
+    """Shardings of the whole train state: optimiser moments follow their parameters."""
+    p_sh = param_shardings(model, mesh, rules)
+    params = nnx.to_pure_dict(nnx.state(model))
+    abstract_opt = jax.eval_shape(optimizer.init, params)
+    replicated = NamedSharding(mesh, P())
+    opt_sh = optax.tree_map_params(optimizer, lambda _, s: s, abstract_opt, p_sh,
+                                   transform_non_params=lambda _: replicated)
+    return {"params": p_sh, "opt": opt_sh, "step": replicated}
+
+
+def init_state(model: nnx.Module, optimizer: optax.GradientTransformation,
+               shardings: dict | None = None) -> dict:
+    # Copies: the train step donates its state, which must not delete the model's own arrays.
+    params = jax.tree.map(jnp.copy, nnx.to_pure_dict(nnx.state(model)))
+    state = {"params": params, "opt": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
+    return state if shardings is None else jax.device_put(state, shardings)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(("data", "fsdp")))
+
+
+def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn,
+                    optimizer: optax.GradientTransformation, *, grad_accum: int = 1,
+                    mesh: Mesh | None = None, shardings: dict | None = None,
+                    rules: shd.ShardingRules | None = None, donate: bool = True):
+    """Builds ``step(state, batch, key) -> (state, metrics)``.
+
+    The key for step ``s`` should be ``fold_in(base_key, s)`` (the trainer does this) so a
+    resumed run draws the same randomness. With ``grad_accum > 1`` every batch array's leading
+    dimension is split into that many micro-batches and their gradients averaged.
+    """
+
+    def loss_of(params, batch, key):
+        model = nnx.merge(graphdef, nnx.State(params))
+        with shd.use_mesh(mesh, rules):
+            return loss_fn(model, batch, key)
+
+    grad_fn = jax.value_and_grad(loss_of, has_aux=True)
+
+    def step(state, batch, key):
+        params = state["params"]
+        if grad_accum == 1:
+            (loss, aux), grads = grad_fn(params, batch, key)
+        else:
+            micro = jax.tree.map(
+                lambda x: x.reshape((grad_accum, x.shape[0] // grad_accum) + x.shape[1:]), batch)
+
+            def body(acc, i):
+                mb = jax.tree.map(lambda x: x[i], micro)
+                (l_i, aux_i), g_i = grad_fn(params, mb, jax.random.fold_in(key, i))
+                acc = jax.tree.map(jnp.add, acc, (l_i, aux_i, g_i))
+                return acc, None
+
+            zero = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+                lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro), key)))
+            zero = (zero[0][0], zero[0][1], zero[1])
+            (loss, aux, grads), _ = jax.lax.scan(body, zero, jnp.arange(grad_accum))
+            loss, aux, grads = jax.tree.map(lambda x: x / grad_accum, (loss, aux, grads))
+        updates, opt = optimizer.update(grads, state["opt"], params)
+        new = {"params": optax.apply_updates(params, updates), "opt": opt,
+               "step": state["step"] + 1}
+        metrics = {**aux, "loss": loss, "grad_norm": optax.tree.norm(grads)}
+        return new, metrics
+
+    if mesh is None:
+        return jax.jit(step, donate_argnums=(0,) if donate else ())
+    replicated = NamedSharding(mesh, P())
+    return jax.jit(step, in_shardings=(shardings, batch_sharding(mesh), replicated),
+                   out_shardings=(shardings, replicated), donate_argnums=(0,) if donate else ())
+
+
+def model_from_state(graphdef: nnx.GraphDef, state: dict) -> nnx.Module:
+    """The model holding the train state's parameters."""
+    return nnx.merge(graphdef, nnx.State(state["params"]))
+
+
+def put_batch(batch: dict[str, Any], mesh: Mesh | None) -> dict[str, jax.Array]:
+    """Places a host batch: the global batch on one process, or this process's rows of it
+    (``process_index``-th slice) assembled into global arrays on several."""
+    import numpy as np
+
+    if mesh is None:
+        return {k: jnp.asarray(v) for k, v in batch.items()}
+    sh = batch_sharding(mesh)
+    n, i = jax.process_count(), jax.process_index()
+    out = {}
+    for k, v in batch.items():
+        v = np.asarray(v)
+        rows = v.shape[0] // n
+        out[k] = jax.make_array_from_process_local_data(sh, v[i * rows:(i + 1) * rows], v.shape)
+    return out

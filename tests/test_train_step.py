@@ -1,0 +1,131 @@
+"""Sharded train step equals single-device; optimiser state sharded like the parameters;
+gradient accumulation; a tiny SFT run learns; SFT/GRPO losses and grads match across meshes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from dllm_jax import objectives as obj
+from dllm_jax import sharding as shd
+from dllm_jax.model import init_model
+from dllm_jax.testing import tiny_config
+from dllm_jax.train import OptimConfig, init_state, make_optimizer, make_train_step
+from dllm_jax.train import step as st
+
+
+def _model():
+    return init_model(tiny_config("llada", hidden_size=64, num_heads=4, num_kv_heads=2,
+                                  head_dim=16, intermediate_size=128), seed=3)
+
+
+def _batch(n=8, length=12, seed=0):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(2, 60, (n, length)).astype(np.int32)
+    resp = np.zeros((n, length), np.int32)
+    resp[:, 5:] = 1
+    return {"tokens": tokens, "response_mask": resp}
+
+
+def _grpo_objective(model, batch, key):
+    tokens = batch["tokens"]
+    inp, masked = obj.d1_inputs(key, tokens, 1 - batch["response_mask"], batch["response_mask"],
+                                0.15, model.config.mask_token_id)
+    logp = obj.token_logprobs(obj.aligned(model, inp), tokens)
+    adv = jnp.linspace(-1.0, 1.0, tokens.shape[0])
+    return obj.diffu_grpo_loss(logp, jax.lax.stop_gradient(logp) - 0.05, logp - 0.1, adv,
+                               batch["response_mask"], eps=0.2, beta=0.04)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    model = _model()
+    opt = make_optimizer(OptimConfig(lr=1e-2, total_steps=10))
+    graphdef = nnx.graphdef(model)
+    key = jax.random.PRNGKey(1)
+    out = {}
+    for name, fn in (("sft", st.sft_objective), ("grpo", _grpo_objective)):
+        loss, grads = jax.jit(lambda p, b, k, fn=fn: jax.value_and_grad(
+            lambda q: fn(nnx.merge(graphdef, nnx.State(q)), b, k)[0])(p))(
+            nnx.to_pure_dict(nnx.state(model)), st.put_batch(_batch(), None), key)
+        out[name] = (float(loss), grads)
+    # One full step with SGD: AdamW's first update is ~lr * sign(g), which turns 1e-9 gradient
+    # noise on near-zero entries into lr-sized differences, so it cannot check 1e-5 equality.
+    sgd = optax.sgd(0.5)
+    step = make_train_step(graphdef, st.sft_objective, sgd, donate=False)
+    new, _ = step(init_state(model, sgd), st.put_batch(_batch(), None), key)
+    out["step"] = new["params"]
+    return model, opt, out
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 1), (2, 2, 2), (1, 4, 2)])
+def test_sharded_equals_single_device(reference, shape):
+    model, opt, ref = reference
+    mesh = shd.make_mesh(shape)
+    shardings = st.state_shardings(model, opt, mesh)
+    state = init_state(model, opt, shardings)
+    # Optimiser moments carry exactly their parameters' shardings.
+    mu = state["opt"][1][0].mu
+    flat_mu = jax.tree.leaves(mu)
+    flat_p = jax.tree.leaves(state["params"])
+    assert all(m.sharding == p.sharding for m, p in zip(flat_mu, flat_p, strict=True))
+    if shape[1] > 1:
+        q = state["params"]["layers"][0]["self_attn"]["q_proj"]["kernel"]
+        assert "fsdp" in str(q.sharding.spec)
+    graphdef = nnx.graphdef(model)
+    key = jax.random.PRNGKey(1)
+    batch = st.put_batch(_batch(), mesh)
+    for name, fn in (("sft", st.sft_objective), ("grpo", _grpo_objective)):
+        def lg(p, b, k, fn=fn):
+            with shd.use_mesh(mesh):
+                return jax.value_and_grad(
+                    lambda q: fn(nnx.merge(graphdef, nnx.State(q)), b, k)[0])(p)
+        loss, grads = jax.jit(lg)(state["params"], batch, key)
+        ref_loss, ref_grads = ref[name]
+        np.testing.assert_allclose(float(loss), ref_loss, rtol=1e-5, atol=1e-6)
+        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-4)
+    sgd = optax.sgd(0.5)
+    sgd_sh = st.state_shardings(model, sgd, mesh)
+    step = make_train_step(graphdef, st.sft_objective, sgd, mesh=mesh, shardings=sgd_sh)
+    new, _ = step(init_state(model, sgd, sgd_sh), batch, key)
+    for a, b in zip(jax.tree.leaves(new["params"]), jax.tree.leaves(ref["step"]), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0)
+    assert all(x.sharding == s for x, s in zip(jax.tree.leaves(new),
+                                                jax.tree.leaves(sgd_sh), strict=True))
+
+
+def test_grad_accumulation_equals_full_batch():
+    model = _model()
+    opt = optax.sgd(0.5)  # linear in the gradient (see the reference fixture)
+    graphdef = nnx.graphdef(model)
+
+    def det_loss(m, b, k):  # deterministic: a fixed mask, so micro-batches see the same data
+        masked = b["response_mask"].astype(bool)
+        logp = obj.score_masked(m, b["tokens"], masked)
+        return obj.sft_loss(logp, masked, jnp.ones(b["tokens"].shape[0]), b["response_mask"])
+
+    batch = st.put_batch(_batch(8), None)
+    key = jax.random.PRNGKey(0)
+    full, _ = make_train_step(graphdef, det_loss, opt, donate=False)(
+        init_state(model, opt), batch, key)
+    acc, metrics = make_train_step(graphdef, det_loss, opt, grad_accum=4, donate=False)(
+        init_state(model, opt), batch, key)
+    for a, b in zip(jax.tree.leaves(acc["params"]), jax.tree.leaves(full["params"]), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0)
+
+
+def test_fifty_sft_steps_halve_the_loss():
+    model = _model()
+    opt = make_optimizer(OptimConfig(lr=1e-2, total_steps=50, schedule="constant"))
+    step = make_train_step(nnx.graphdef(model), st.sft_objective, opt)
+    state = init_state(model, opt)
+    batch = st.put_batch(_batch(16, seed=5), None)
+    losses = []
+    for s in range(50):
+        state, m = step(state, batch, jax.random.fold_in(jax.random.PRNGKey(0), s))
+        losses.append(float(m["loss"]))
+    first, last = np.mean(losses[:5]), np.mean(losses[-5:])
+    assert last < 0.5 * first, (first, last)
