@@ -193,3 +193,243 @@ def test_registry():
         obj.get_loss("ppo")
     with pytest.raises(ValueError, match="shrinkage must be >= 1"):
         obj.get_loss("tracerl").config(shrinkage=0)
+
+
+@pytest.mark.parametrize("name", ["sft", "grpo", "tracerl", "wd1"])
+def test_float32_losses_match_naive(name):
+    """The float32 path (what training runs) against the float64 loops, to 1e-5."""
+    logp, old, ref, mask, adv = _arrays()
+    masked = RNG.uniform(size=(B, L)) < 0.5
+    p_mask = RNG.uniform(0.1, 1.0, B)
+    f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+    if name == "sft":
+        got = obj.sft_loss(f32(logp), masked, f32(p_mask), f32(mask))[0]
+        want = naive_sft(logp, masked, p_mask, mask)
+    elif name == "grpo":
+        got = obj.diffu_grpo_loss(f32(logp), f32(old), f32(ref), f32(adv), f32(mask), eps=0.2,
+                                  beta=0.04)[0]
+        want = naive_grpo(logp, old, ref, adv, mask, 0.2, 0.04)
+    elif name == "tracerl":
+        got = obj.tracerl_loss(f32(logp), f32(old), None, f32(adv), f32(mask), 2, eps=0.2,
+                               beta=0.0)[0]
+        want = naive_tracerl(logp, old, adv, mask, 0.2, 2)
+    else:
+        got = obj.wd1_loss(f32(logp), f32(mask), f32(adv), G)[0]
+        want = naive_wd1(logp, mask, adv, G)
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(float(got), want, rtol=1e-5, atol=1e-6)
+
+
+def test_token_logprobs_is_float32_log_softmax_gather():
+    logits = RNG.normal(size=(2, 3, 11)).astype(np.float32) * 4
+    tgt = RNG.integers(0, 11, (2, 3))
+    got = obj.token_logprobs(jnp.asarray(logits, jnp.bfloat16), tgt)
+    assert got.dtype == jnp.float32
+    lb = np.asarray(jnp.asarray(logits, jnp.bfloat16).astype(jnp.float32), np.float64)
+    want = lb - np.log(np.exp(lb).sum(-1, keepdims=True))
+    want = np.take_along_axis(want, tgt[..., None], -1)[..., 0]
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
+
+
+def test_bad_inputs_raise_one_clear_error():
+    logp, old, ref, mask, adv = _arrays()
+    with pytest.raises(ValueError, match="shape mismatch"):
+        obj.sft_loss(logp, mask[:, :3], np.ones(B), mask)
+    with pytest.raises(ValueError, match="p_mask_B must have shape"):
+        obj.masked_diffusion_loss(logp, mask, np.ones(B + 1))
+    with pytest.raises(ValueError, match="adv_B must have shape"):
+        obj.diffu_grpo_loss(logp, old, ref, adv[:2], mask)
+    with pytest.raises(ValueError, match="eps must be in"):
+        obj.forward_mask(jax.random.PRNGKey(0), jnp.zeros((2, 3), int), jnp.ones((2, 3)), 9,
+                         eps=1.0)
+    with pytest.raises(ValueError, match="cannot be split into groups"):
+        obj.group_advantages(jnp.ones(5), 2)
+    with pytest.raises(ValueError, match="group_size"):
+        obj.wd1_loss(logp, mask, adv, 4)
+    with pytest.raises(ValueError, match="disagree"):
+        obj.token_logprobs(jnp.zeros((2, 3, 5)), jnp.zeros((2, 4), int))
+
+
+def test_registry_configs_and_kwargs():
+    cfg = obj.get_loss("diffu_grpo").config(eps=0.3, beta=0.0)
+    assert obj.get_loss("diffu_grpo").loss_kwargs(cfg) == {"eps": 0.3, "beta": 0.0}
+    assert obj.get_loss("agdo_rl").loss_kwargs(obj.get_loss("agdo_rl").config()) == {
+        "delta": 5.0, "eps": 0.2, "beta": 0.0}
+    with pytest.raises(TypeError):  # keyword-only
+        obj.get_loss("sft").config(1e-3)
+    with pytest.raises(ValueError, match="advantage must be one of"):
+        obj.get_loss("wd1").config(advantage="rank")
+    with pytest.raises(ValueError, match="eps .* must be in"):
+        obj.get_loss("diffu_grpo").config(eps=1.5)
+    with pytest.raises(ValueError, match="expected a TraceRLConfig"):
+        obj.get_loss("tracerl").loss_kwargs(cfg)
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.eps = 0.1
+
+
+# ----------------------------------------------------------------------------- states
+def test_states_from_steps_matches_loop_and_tracerl_covers_each_token_once():
+    b, g, t, k = 3, 10, 6, 4
+    step_map = RNG.integers(0, t, (b, g))
+    step_map[2, -2:] = -1  # never committed (padding)
+    starts = np.sort(RNG.integers(0, t, (b, k)), axis=1)
+    ends = np.minimum(starts + RNG.integers(1, 3, (b, k)), t)
+    masked, targets = obj.states_from_steps(jnp.asarray(step_map), starts, ends)
+    for r in range(b):
+        for s in range(k):
+            for i in range(g):
+                assert bool(masked[r, s, i]) == (step_map[r, i] >= starts[r, s])
+                assert bool(targets[r, s, i]) == (starts[r, s] <= step_map[r, i] < ends[r, s])
+    _, tgt = obj.tracerl_states(jnp.asarray(step_map), 4, num_steps=t)  # states [0,4), [4,6)
+    assert tgt.shape == (b, 2, g)
+    np.testing.assert_array_equal(np.asarray(tgt.sum(1)), (step_map >= 0).astype(int))
+    assert obj.tracerl_ranges(6, 4) == ([0, 4], [4, 6])
+    batch = obj.state_batch(jnp.arange(b * (2 + g)).reshape(b, 2 + g), 2, masked, targets, 99)
+    assert batch["inputs"].shape == (b * k, 2 + g)
+    row = 1 * k + 2  # rollout 1, state 2
+    np.testing.assert_array_equal(np.asarray(batch["inputs"][row, 2:] == 99),
+                                  np.asarray(masked[1, 2]))
+    assert not bool(batch["masked"][:, :2].any())
+    with pytest.raises(ValueError, match="shrinkage must be >= 1"):
+        obj.tracerl_states(jnp.asarray(step_map), 0, num_steps=t)
+
+
+# ----------------------------------------------------------------------------- scoring
+def _np_logprobs(logits, tokens):
+    logits = np.asarray(logits, np.float64)
+    lse = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    return np.take_along_axis(logits, tokens[..., None], -1)[..., 0] - lse
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_score_masked_equals_direct_call(family, tiny_llada, tiny_dream):
+    model = tiny_llada if family == "llada" else tiny_dream
+    mask_id = model.config.mask_token_id
+    tokens = RNG.integers(2, 60, (2, 9))
+    masked = RNG.uniform(size=(2, 9)) < 0.5
+    attn = np.ones((2, 9), np.int32)
+    attn[1, :2] = 0
+    with jax.enable_x64(False):
+        got = np.asarray(obj.score_masked(model, jnp.asarray(tokens), jnp.asarray(masked),
+                                          jnp.asarray(attn)))
+        raw = np.asarray(model(jnp.asarray(np.where(masked, mask_id, tokens)), jnp.asarray(attn)))
+    if family == "dream":  # manual shift: the state at i - 1 predicts token i
+        raw = np.concatenate([raw[:, :1], raw[:, :-1]], axis=1)
+    np.testing.assert_allclose(got, _np_logprobs(raw, tokens), atol=1e-5)
+
+
+def test_d1_inputs():
+    b, p, g = 4000, 6, 4
+    tokens = jnp.asarray(RNG.integers(2, 60, (b, p + g)))
+    prompt = np.zeros((b, p + g), bool)
+    prompt[:, 1:p] = True  # position 0 is prompt padding: never masked
+    comp = np.zeros((b, p + g), bool)
+    comp[:, p:] = True
+    key = jax.random.PRNGKey(5)
+    inp, masked = obj.d1_inputs(key, tokens, prompt, comp, 0.15, 63)
+    masked = np.asarray(masked)
+    assert masked[:, p:].all() and (np.asarray(inp)[:, p:] == 63).all()
+    assert not masked[:, 0].any()
+    np.testing.assert_array_equal(np.asarray(inp)[~masked], np.asarray(tokens)[~masked])
+    rate = masked[:, 1:p].mean()
+    assert abs(rate - 0.15) < 4 * np.sqrt(0.15 * 0.85 / masked[:, 1:p].size)
+    _, again = obj.d1_inputs(key, tokens, prompt, comp, 0.15, 63)
+    np.testing.assert_array_equal(np.asarray(again), masked)
+    _, other = obj.d1_inputs(jax.random.PRNGKey(6), tokens, prompt, comp, 0.15, 63)
+    assert (np.asarray(other) != masked).any()
+    with pytest.raises(ValueError, match="p_mask_prompt"):
+        obj.d1_inputs(key, tokens, prompt, comp, 1.5, 63)
+
+
+# ----------------------------------------------------------------------------- MC likelihood
+def test_mc_masks_are_stratified_and_exact():
+    masks, counts = obj.mc_masks(jax.random.PRNGKey(0), 3, 5, 5)
+    counts = np.asarray(counts)
+    for row in counts:  # batch == T: every count 1..T exactly once
+        assert sorted(row.tolist()) == [1, 2, 3, 4, 5]
+    np.testing.assert_array_equal(np.asarray(masks).sum(-1), counts)
+    c2 = np.asarray(obj.stratified_mask_counts(jax.random.PRNGKey(1), 2, 6))
+    assert ((c2 - c2[0]) % 6).tolist() == [0, 3]  # spaced T / batch apart
+
+
+def _naive_mc(model, key, prompt, answer, mc_num, batch, cfg):
+    """LLaDA's get_log_likelihood, one copy at a time, with the masks the JAX code drew."""
+    mask_id = model.config.mask_token_id
+    p, a = prompt.shape[1], answer.shape[1]
+    rounds = []
+    for rk in jax.random.split(key, mc_num // batch):
+        is_mask, counts = (np.asarray(x) for x in obj.mc_masks(rk, prompt.shape[0], batch, a))
+        per_seq = []
+        for s in range(prompt.shape[0]):
+            seq = np.concatenate([prompt[s], answer[s]])
+            tot = 0.0
+            for c in range(batch):
+                m = np.concatenate([np.zeros(p, bool), is_mask[s, c]])
+                inp = np.where(m, mask_id, seq)
+                lg = np.asarray(model(jnp.asarray(inp[None])))[0]
+                if cfg:
+                    un_in = inp.copy()
+                    un_in[:p] = mask_id
+                    un = np.asarray(model(jnp.asarray(un_in[None])))[0]
+                    lg = un + (cfg + 1) * (lg - un)
+                if model.config.shift_logits:
+                    lg = np.concatenate([lg[:1], lg[:-1]])
+                lp = _np_logprobs(lg[None], seq[None])[0]
+                tot += -(lp * m).sum() / (counts[s, c] / a)
+            per_seq.append(tot / batch)
+        rounds.append(per_seq)
+    return -np.mean(rounds, axis=0)
+
+
+@pytest.mark.parametrize("family,cfg", [("llada", 0.0), ("dream", 0.5)])
+def test_mc_log_likelihood_matches_loop(family, cfg, tiny_llada, tiny_dream):
+    model = tiny_llada if family == "llada" else tiny_dream
+    prompt = RNG.integers(2, 60, (2, 3))
+    answer = RNG.integers(2, 60, (2, 4))
+    key = jax.random.PRNGKey(7)
+    with jax.enable_x64(False):
+        got = obj.mc_log_likelihood(model, key, jnp.asarray(prompt), jnp.asarray(answer),
+                                    mc_num=4, batch=2, cfg_scale=cfg)
+        want = _naive_mc(model, key, prompt, answer, 4, 2, cfg)
+        one = obj.mc_log_likelihood(model, key, jnp.asarray(prompt[0]), jnp.asarray(answer[0]),
+                                    mc_num=4, batch=2, cfg_scale=cfg)
+    assert got.shape == (2,) and one.shape == ()
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5)
+    with pytest.raises(ValueError, match="multiple of batch"):
+        obj.mc_log_likelihood(model, key, jnp.asarray(prompt), jnp.asarray(answer), mc_num=5,
+                              batch=2)
+
+
+def test_mc_log_likelihood_is_unbiased():
+    """The estimator's mean over many rounds equals its exact expectation, enumerated over
+    every mask set of a 3-token answer (counts uniform on 1..3, sets uniform given count).
+    A sharpened model makes the per-token losses differ (a random one is near-uniform)."""
+    import itertools
+
+    from dllm_jax.testing import sharpened, tiny_model
+
+    model = sharpened(tiny_model("llada", seed=3))
+    mask_id = model.config.mask_token_id
+    prompt, answer = np.array([5, 9]), np.array([11, 17, 23])
+    seq = np.concatenate([prompt, answer])
+    a = len(answer)
+    exact = 0.0
+    for x in range(1, a + 1):
+        sets = list(itertools.combinations(range(a), x))
+        for subset in sets:
+            m = np.zeros(len(seq), bool)
+            m[[2 + j for j in subset]] = True
+            with jax.enable_x64(False):
+                lg = np.asarray(model(jnp.asarray(np.where(m, mask_id, seq)[None])))
+            lp = _np_logprobs(lg, seq[None])[0]
+            exact += (lp * m).sum() / (x / a) / len(sets) / a
+    rounds = 400
+    with jax.enable_x64(False):
+        many = jax.vmap(lambda k: obj.mc_log_likelihood(model, k, jnp.asarray(prompt),
+                                                        jnp.asarray(answer), mc_num=3, batch=3)
+                        )(jax.random.split(jax.random.PRNGKey(1), rounds))
+    many = np.asarray(many)
+    se = many.std() / np.sqrt(rounds)
+    assert abs(many.mean() - exact) < 4 * se + 1e-6, (many.mean(), exact, se)

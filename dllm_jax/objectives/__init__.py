@@ -26,9 +26,13 @@ from dllm_jax.objectives.scoring import (
     aligned,
     d1_inputs,
     mc_log_likelihood,
+    mc_masks,
+    order_states,
     score_masked,
     state_batch,
     states_from_steps,
+    stratified_mask_counts,
+    tracerl_ranges,
     tracerl_states,
 )
 from dllm_jax.objectives.selectors import SELECTORS, get_selector
@@ -37,7 +41,8 @@ __all__ = [
     "LOSSES", "SELECTORS", "agdo_advantages", "agdo_rl_loss", "agdo_sft_loss", "aligned",
     "attention_order", "clipped_objective", "completion_mask_until_eos", "d1_inputs",
     "diffu_grpo_loss", "forward_mask", "get_loss", "get_selector", "group_advantages",
-    "influence", "k3_kl", "masked_diffusion_loss", "mc_log_likelihood", "score_masked",
-    "sft_loss", "state_batch", "states_from_steps", "token_logprobs", "tracerl_loss",
+    "influence", "k3_kl", "masked_diffusion_loss", "mc_log_likelihood", "mc_masks",
+    "order_states", "score_masked", "sft_loss", "state_batch", "states_from_steps",
+    "stratified_mask_counts", "token_logprobs", "tracerl_loss", "tracerl_ranges",
     "tracerl_states", "wd1_loss",
 ]

@@ -131,13 +131,22 @@ def sft_loss(logp_BL: jax.Array, masked_BL: jax.Array, p_mask_B: jax.Array,
 
 
 def group_advantages(rewards_R: jax.Array, group_size: int, mode: str = "center") -> jax.Array:
-    """Group-relative advantages over consecutive groups of ``group_size`` rollouts.
+    """Group-relative advantages over consecutive groups of ``group_size`` rollouts (SPEC 6).
 
-    ``center``: ``R - mean`` (d1); ``zscore``: ``(R - mean) / std`` with the population std,
-    0 when the group is uniform (TraceRL, AGDO).
+    Args:
+      rewards_R: ``[R]`` rewards, rollouts of one prompt adjacent (R a multiple of the group).
+      group_size: rollouts per prompt.
+      mode: ``center``: ``R - mean`` (d1); ``zscore``: ``(R - mean) / std`` with the
+        population std, 0 when the group is uniform (TraceRL, AGDO).
+
+    Returns:
+      ``[R]`` advantages (at least float32).
     """
     if mode not in ("center", "zscore"):
         raise ValueError(f"unknown advantage mode {mode!r}; choose 'center' or 'zscore'")
+    n = jnp.size(rewards_R)
+    if group_size < 1 or n % group_size:
+        raise ValueError(f"{n} rewards cannot be split into groups of {group_size}")
     r = _float(rewards_R).reshape(-1, group_size)
     a = r - r.mean(-1, keepdims=True)
     if mode == "zscore":
@@ -171,8 +180,29 @@ def clipped_objective(logp: jax.Array, logp_old: jax.Array, adv: jax.Array, eps:
 def diffu_grpo_loss(logp_BL: jax.Array, logp_old_BL: jax.Array, logp_ref_BL: jax.Array | None,
                     adv_B: jax.Array, completion_mask_BL: jax.Array, *, eps: float = 0.5,
                     beta: float = 0.04) -> tuple[jax.Array, dict]:
-    """diffu-GRPO (d1): per token ``-min(rho A, clip(rho) A) + beta KL``, mean over each row's
-    completion tokens (up to and including the first EOS), then mean over rows."""
+    """diffu-GRPO (d1, SPEC 6).
+
+    Per token ``-min(rho A, clip(rho, 1 - eps, 1 + eps) A) + beta * k3``, averaged over each
+    row's completion tokens (build the mask with :func:`completion_mask_until_eos` to stop at
+    the first EOS), then over rows.
+
+    Args:
+      logp_BL: current log-probs (from d1's one-step estimator).
+      logp_old_BL: the same under the rollout policy (constant).
+      logp_ref_BL: the same under the reference policy, or None (no KL term).
+      adv_B: per-row advantages.
+      completion_mask_BL: 0/1 tokens in the loss.
+      eps: PPO clip range.
+      beta: KL weight.
+
+    Returns:
+      ``(loss, aux)`` with ``aux = {"loss", "kl", "clip_frac"}``.
+    """
+    _same_shape(logp_BL=logp_BL, logp_old_BL=logp_old_BL, logp_ref_BL=logp_ref_BL,
+                completion_mask_BL=completion_mask_BL)
+    if jnp.shape(adv_B) != jnp.shape(logp_BL)[:1]:
+        raise ValueError(f"adv_B must have shape ({jnp.shape(logp_BL)[0]},), "
+                         f"got {tuple(jnp.shape(adv_B))}")
     m = completion_mask_BL.astype(jnp.float32)
     obj, clip_frac = clipped_objective(logp_BL, logp_old_BL, adv_B[:, None], eps)
     per_tok = -obj
@@ -190,11 +220,30 @@ def tracerl_loss(logp_SL: jax.Array, logp_old_SL: jax.Array, logp_ref_SL: jax.Ar
                  adv_S: jax.Array, target_mask_SL: jax.Array, num_rollouts: int, *,
                  eps: float = 0.2, beta: float = 0.01, adv_SL: jax.Array | None = None
                  ) -> tuple[jax.Array, dict]:
-    """TraceRL's trajectory loss: per state, the mean over its target tokens of
-    ``-clipped objective (+ beta KL)``; summed over states and divided by the rollout count.
+    """TraceRL's trajectory loss (SPEC 6).
 
-    ``adv_SL`` optionally gives per-token advantages (AGDO-RL) instead of ``adv_S``.
+    Per state, the mean over its target tokens of ``-clipped objective (+ beta k3)``; summed
+    over states (a state without targets adds 0) and divided by the rollout count, i.e. the sum
+    over a rollout's states averaged over rollouts.
+
+    Args:
+      logp_SL: current log-probs ``[S, L]``, one row per state (``state_batch``).
+      logp_old_SL: rollout-policy log-probs.
+      logp_ref_SL: reference log-probs or None.
+      adv_S: per-state advantages (the rollout's advantage repeated per state).
+      target_mask_SL: 0/1 tokens committed in the state's step range.
+      num_rollouts: rollouts the S states came from.
+      eps: PPO clip range.
+      beta: KL weight.
+      adv_SL: optional per-token advantages replacing ``adv_S`` (AGDO-RL).
+
+    Returns:
+      ``(loss, aux)`` with ``aux = {"loss", "states", "clip_frac"}``.
     """
+    _same_shape(logp_SL=logp_SL, logp_old_SL=logp_old_SL, logp_ref_SL=logp_ref_SL,
+                target_mask_SL=target_mask_SL, adv_SL=adv_SL)
+    if num_rollouts < 1:
+        raise ValueError(f"num_rollouts must be >= 1, got {num_rollouts}")
     m = target_mask_SL.astype(jnp.float32)
     adv = adv_S[:, None] if adv_SL is None else adv_SL
     obj, clip_frac = clipped_objective(logp_SL, logp_old_SL, adv, eps)
@@ -211,9 +260,26 @@ def tracerl_loss(logp_SL: jax.Array, logp_old_SL: jax.Array, logp_ref_SL: jax.Ar
 
 def wd1_loss(logp_BL: jax.Array, completion_mask_BL: jax.Array, adv_B: jax.Array,
              group_size: int) -> tuple[jax.Array, dict]:
-    """wd1 (ratio-free): with ``w+ = softmax_group(A)`` and ``w- = softmax_group(-A)``,
-    ``-sum_i w+_i sum_k log pi(o_ik) + sum_i w-_i sum_k log pi(o_ik)`` per group, mean over
-    groups."""
+    """wd1 (ratio-free, SPEC 6).
+
+    With ``w+ = softmax_group(A)`` and ``w- = softmax_group(-A)`` per group of
+    ``group_size`` rollouts, ``-sum_i w+_i sum_k log pi(o_ik) + sum_i w-_i sum_k log pi(o_ik)``,
+    mean over groups.
+
+    Args:
+      logp_BL: current log-probs of the completions.
+      completion_mask_BL: 0/1 completion tokens.
+      adv_B: per-rollout advantages (group members adjacent).
+      group_size: rollouts per prompt.
+
+    Returns:
+      ``(loss, aux)``.
+    """
+    _same_shape(logp_BL=logp_BL, completion_mask_BL=completion_mask_BL)
+    b = jnp.shape(logp_BL)[0]
+    if group_size < 1 or b % group_size or jnp.shape(adv_B) != (b,):
+        raise ValueError(f"wd1 needs adv_B of shape ({b},) and B={b} a multiple of "
+                         f"group_size={group_size}, got adv_B {tuple(jnp.shape(adv_B))}")
     seq_logp = (logp_BL * completion_mask_BL.astype(jnp.float32)).sum(-1).reshape(-1, group_size)
     a = _float(adv_B).reshape(-1, group_size)
     w_pos = jax.nn.softmax(a, axis=-1)

@@ -1,8 +1,8 @@
 """Which denoising states enter the trajectory loss: ATPO and its baselines (SPEC 6).
 
 Every selector maps the rollouts' recorded step profiles (``entropy``, ``margin``, ``roec``,
-each ``[R, T]``) and a budget of K states per rollout to step ranges ``starts_RK`` and
-``ends_RK`` (a state covers steps ``start .. end - 1``; its input masks every token committed
+each ``[B, T]``) and a budget of K states per rollout to step ranges ``starts_BK`` and
+``ends_BK`` (a state covers steps ``start .. end - 1``; its input masks every token committed
 at a step ``>= start`` and its targets are the tokens committed in the range). Selectors are
 jittable and deterministic for a fixed key. Feed their output to
 :func:`dllm_jax.objectives.scoring.states_from_steps`.
@@ -20,29 +20,44 @@ import jax.numpy as jnp
 AVERAGING = ("none", "batch", "group")
 
 
-def _zscore(x_RT: jax.Array) -> jax.Array:
-    mu = x_RT.mean(-1, keepdims=True)
-    sd = x_RT.std(-1, keepdims=True)
-    return jnp.where(sd > 0, (x_RT - mu) / jnp.where(sd > 0, sd, 1.0), 0.0)
+def _zscore(x_BT: jax.Array) -> jax.Array:
+    mu = x_BT.mean(-1, keepdims=True)
+    sd = x_BT.std(-1, keepdims=True)
+    return jnp.where(sd > 0, (x_BT - mu) / jnp.where(sd > 0, sd, 1.0), 0.0)
 
 
-def _average(score_RT: jax.Array, how: str, group_size: int) -> jax.Array:
+def _average(score_BT: jax.Array, how: str, group_size: int) -> jax.Array:
     if how == "none":
-        return score_RT
+        return score_BT
     if how == "batch":
-        return jnp.broadcast_to(score_RT.mean(0, keepdims=True), score_RT.shape)
-    r, t = score_RT.shape
-    g = score_RT.reshape(r // group_size, group_size, t).mean(1, keepdims=True)
+        return jnp.broadcast_to(score_BT.mean(0, keepdims=True), score_BT.shape)
+    r, t = score_BT.shape
+    g = score_BT.reshape(r // group_size, group_size, t).mean(1, keepdims=True)
     return jnp.broadcast_to(g, (r // group_size, group_size, t)).reshape(r, t)
 
 
-def _single_steps(steps_RK: jax.Array) -> tuple[jax.Array, jax.Array]:
-    steps = jnp.sort(steps_RK, axis=-1).astype(jnp.int32)
+def _check(entropy_BT, margin_BT, roec_BT, k: int, group_size: int = 1,
+           average: str = "none") -> tuple[int, int]:
+    """Validates the profiles and the budget; returns ``(B, T)``."""
+    shapes = {tuple(jnp.shape(x)) for x in (entropy_BT, margin_BT, roec_BT)}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise ValueError(f"entropy, margin and roec must share one [B, T] shape, got "
+                         f"{[tuple(jnp.shape(x)) for x in (entropy_BT, margin_BT, roec_BT)]}")
+    b, t = next(iter(shapes))
+    if not 1 <= k <= t:
+        raise ValueError(f"budget k={k} must be in [1, T={t}]")
+    if average == "group" and (group_size < 1 or b % group_size):
+        raise ValueError(f"group averaging needs B={b} to be a multiple of group_size={group_size}")
+    return b, t
+
+
+def _single_steps(steps_BK: jax.Array) -> tuple[jax.Array, jax.Array]:
+    steps = jnp.sort(steps_BK, axis=-1).astype(jnp.int32)
     return steps, steps + 1
 
 
-def _top_k_steps(score_RT: jax.Array, k: int) -> jax.Array:
-    return jax.lax.top_k(score_RT, k)[1]
+def _top_k_steps(score_BT: jax.Array, k: int) -> jax.Array:
+    return jax.lax.top_k(score_BT, k)[1]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -50,9 +65,9 @@ class UniformSelector:
     """TraceRL's grouping: the T steps split into K runs of consecutive steps (shrinkage
     ``T / K``); every committed token is a target of exactly one state."""
 
-    def __call__(self, key, entropy_RT, margin_RT, roec_RT, k: int, group_size: int = 1):
-        r, t = entropy_RT.shape
-        bounds = [round(i * t / k) for i in range(k + 1)]
+    def __call__(self, key, entropy_BT, margin_BT, roec_BT, k: int, group_size: int = 1):
+        r, t = _check(entropy_BT, margin_BT, roec_BT, k)
+        bounds = [i * t // k for i in range(k + 1)]
         starts = jnp.broadcast_to(jnp.asarray(bounds[:-1], jnp.int32), (r, k))
         ends = jnp.broadcast_to(jnp.asarray(bounds[1:], jnp.int32), (r, k))
         return starts, ends
@@ -62,8 +77,8 @@ class UniformSelector:
 class RandomSelector:
     """K distinct single steps per rollout, uniformly at random."""
 
-    def __call__(self, key, entropy_RT, margin_RT, roec_RT, k: int, group_size: int = 1):
-        r, t = entropy_RT.shape
+    def __call__(self, key, entropy_BT, margin_BT, roec_BT, k: int, group_size: int = 1):
+        r, t = _check(entropy_BT, margin_BT, roec_BT, k)
         u = jax.random.uniform(key, (r, t))
         return _single_steps(_top_k_steps(u, k))
 
@@ -93,19 +108,20 @@ class ScoreSelector:
         if self.average not in AVERAGING:
             raise ValueError(f"average must be one of {AVERAGING}, got {self.average!r}")
 
-    def score(self, entropy_RT, margin_RT, roec_RT, group_size: int = 1) -> jax.Array:
+    def score(self, entropy_BT, margin_BT, roec_BT, group_size: int = 1) -> jax.Array:
         if self.kind == "entropy":
-            s = _zscore(entropy_RT)
+            s = _zscore(entropy_BT)
         elif self.kind == "roec":
-            s = _zscore(roec_RT)
+            s = _zscore(roec_BT)
         elif self.kind == "cm":
-            s = _zscore(1.0 - margin_RT)
+            s = _zscore(1.0 - margin_BT)
         else:
-            s = self.lam * _zscore(roec_RT) + (1.0 - self.lam) * _zscore(1.0 - margin_RT)
+            s = self.lam * _zscore(roec_BT) + (1.0 - self.lam) * _zscore(1.0 - margin_BT)
         return _average(s.astype(jnp.float32), self.average, group_size)
 
-    def __call__(self, key, entropy_RT, margin_RT, roec_RT, k: int, group_size: int = 1):
-        s = self.score(entropy_RT, margin_RT, roec_RT, group_size)
+    def __call__(self, key, entropy_BT, margin_BT, roec_BT, k: int, group_size: int = 1):
+        _check(entropy_BT, margin_BT, roec_BT, k, group_size, self.average)
+        s = self.score(entropy_BT, margin_BT, roec_BT, group_size)
         if self.rho is None:
             return _single_steps(_top_k_steps(s, k))
         k_top = min(k, math.ceil(self.rho * k))
