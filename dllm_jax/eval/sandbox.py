@@ -7,7 +7,7 @@ a fresh temporary working directory, an environment reduced to ``PATH``/``LANG``
 (a) moves the child into a new network namespace when the kernel allows it, and (b) drops to an
 unprivileged uid (``nobody``) when that uid can run the interpreter -- root ignores
 ``RLIMIT_NPROC`` and could delete anything, so without (b) the fork-bomb limit is not in force
-(:func:`drops_privileges` says which). A small preamble additionally replaces ``socket``,
+(:func:`candidate_uid` says which). A small preamble additionally replaces ``socket``,
 ``os.system``, ``subprocess``, ``os.kill``, ``shutil.rmtree`` and file removal outside the
 working directory by raisers; that is defence in depth only.
 
@@ -38,6 +38,7 @@ from pathlib import Path
 
 _NOBODY = 65534
 _CLONE_NEWNET = 0x40000000
+_PR_SET_CHILD_SUBREAPER = 36
 
 # Runs in the child; reads the sentinel from stdin first, then installs the guards, then runs
 # main.py (program + tests), then prints the sentinel. Kept free of the sentinel itself.
@@ -161,12 +162,24 @@ class RunResult:
 
 
 @functools.cache
-def _libc_unshare():
-    name = ctypes.util.find_library("c")
+def _libc():
     try:
-        return ctypes.CDLL(name, use_errno=True).unshare
-    except (OSError, AttributeError):
+        return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    except OSError:
         return None
+
+
+def _libc_unshare():
+    return getattr(_libc(), "unshare", None)
+
+
+@functools.cache
+def _become_subreaper() -> bool:
+    """Makes this process the reaper of orphaned sandbox descendants (Linux), so killed
+    process trees are reaped here instead of piling up as zombies under an init that does not
+    reap -- zombies still count against the sandbox uid's ``RLIMIT_NPROC``."""
+    prctl = getattr(_libc(), "prctl", None)
+    return prctl is not None and prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
 
 
 @functools.cache
@@ -209,10 +222,15 @@ def _resolve(config: SandboxConfig) -> tuple[str, int | None]:
     return first, None
 
 
-def drops_privileges(config: SandboxConfig | None = None) -> bool:
-    """Whether programs run under an unprivileged uid (so ``RLIMIT_NPROC`` is enforced)."""
-    config = config or SandboxConfig()
-    return os.geteuid() != 0 or _resolve(config)[1] is not None
+def candidate_uid(config: SandboxConfig | None = None) -> int:
+    """The uid programs run as (``RLIMIT_NPROC`` is only enforced when it is not 0)."""
+    uid = _resolve(config or SandboxConfig())[1]
+    return os.geteuid() if uid is None else uid
+
+
+def isolates_network() -> bool:
+    """Whether programs get their own (empty) network namespace."""
+    return _can_unshare_net()
 
 
 def _preexec(config: SandboxConfig, uid: int | None, netns: bool):
@@ -243,6 +261,24 @@ def _tail(path: Path, n: int) -> str:
         return f.read().decode("utf-8", "replace")
 
 
+def _reap_group(pgid: int, timeout_s: float = 10.0) -> None:
+    """SIGKILLs and reaps what is left of group ``pgid`` (orphans were reparented to us)."""
+    end = time.monotonic() + timeout_s
+    me = os.getpid()
+    while True:
+        members = group_members(pgid, zombies=True)
+        if not members or time.monotonic() > end:
+            return
+        _kill_group(pgid)
+        for pid, ppid in members:
+            if ppid == me:
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+        time.sleep(0.005)
+
+
 def _kill_group(pgid: int) -> None:
     try:
         os.killpg(pgid, signal.SIGKILL)
@@ -262,6 +298,7 @@ def run_program(source: str, config: SandboxConfig | None = None) -> RunResult:
     """
     config = config or SandboxConfig()
     python, uid = _resolve(config)
+    _become_subreaper()
     netns = _can_unshare_net()
     token = secrets.token_hex(16)
     runner = _RUNNER.replace("if GUARDS:", f"if {config.guards!r}:")
@@ -292,8 +329,8 @@ def run_program(source: str, config: SandboxConfig | None = None) -> RunResult:
                 timed_out = True
             # Kill the whole group either way: a program may exit and leave children behind.
             _kill_group(proc.pid)
-            if timed_out:
-                proc.wait()
+            proc.wait()
+            _reap_group(proc.pid)
         seconds = time.monotonic() - start
         stdout = _tail(out_path, config.output_bytes + 64)
         stderr = _tail(err_path, config.output_bytes)
@@ -316,12 +353,14 @@ def run_programs(sources: Sequence[str], config: SandboxConfig | None = None,
     config = config or SandboxConfig()
     _resolve(config)  # probe once before the threads start
     _can_unshare_net()
+    _become_subreaper()
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(lambda s: run_program(s, config), sources))
 
 
-def live_group_members(pgid: int) -> list[int]:
-    """Pids of non-zombie processes whose process group is ``pgid`` (Linux ``/proc``)."""
+def group_members(pgid: int, zombies: bool = False) -> list[tuple[int, int]]:
+    """``(pid, parent pid)`` of processes in process group ``pgid`` (Linux ``/proc``), zombies
+    included only if asked."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -331,7 +370,7 @@ def live_group_members(pgid: int) -> list[int]:
         except OSError:
             continue
         fields = stat.rsplit(")", 1)[1].split()
-        state, pgrp = fields[0], int(fields[2])
-        if pgrp == pgid and state not in ("Z", "X"):
-            found.append(int(entry))
+        state, ppid, pgrp = fields[0], int(fields[1]), int(fields[2])
+        if pgrp == pgid and (zombies or state not in ("Z", "X")):
+            found.append((int(entry), ppid))
     return found
