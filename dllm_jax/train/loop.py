@@ -1,10 +1,15 @@
 """The training loop: checkpoints with exact resume, progress, JSONL metrics, TensorBoard.
 
 Determinism contract: the batch for step ``s`` is ``batch_fn(s)`` (a pure function of the
-step, built from the seed) and the step's key is ``fold_in(PRNGKey(seed), s)``, so a run
-resumed from the checkpoint at step ``s`` replays exactly what an uninterrupted run does.
-Orbax writes each checkpoint to a temporary directory and renames it when complete, so a
-checkpoint being written when the process dies is never listed (and never restored).
+step, built from the seed — or, for RL, of the step and the train state, which is checkpointed)
+and the step's key is ``fold_in(PRNGKey(seed), s)``, so a run resumed from the checkpoint at
+step ``s`` replays exactly what an uninterrupted run does. Orbax writes each checkpoint to a
+temporary directory and renames it when complete, so a checkpoint being written when the
+process dies is never restored (see :mod:`dllm_jax.train.checkpoint`).
+
+Multi-process: every process runs the same loop; ``batch_fn`` returns the global batch (each
+process keeps its own rows) or, with ``local_batch=True``, only this process's rows; metrics,
+``config.yaml`` and the progress bar come from process 0; orbax coordinates the checkpoint.
 """
 
 from __future__ import annotations
@@ -19,13 +24,14 @@ from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import yaml
 from flax import nnx
 
 from dllm_jax import sharding as shd
 from dllm_jax.train import step as st
+from dllm_jax.train.checkpoint import Checkpointer, check_meta, key_data
 from dllm_jax.train.config import TrainConfig
+from dllm_jax.train.optim import learning_rate_schedule
 
 
 def to_plain(obj: Any) -> Any:
@@ -39,13 +45,31 @@ def to_plain(obj: Any) -> Any:
     return obj
 
 
+def dump_config(path: Path, resolved: dict[str, Any]) -> None:
+    """Writes the resolved config as YAML (``dllm_jax.overrides.dump_yaml`` when present)."""
+    try:
+        from dllm_jax.overrides import dump_yaml
+    except ImportError:
+        dump_yaml = None
+    if dump_yaml is not None:
+        try:
+            text = dump_yaml(resolved)
+        except Exception:  # a different signature: fall back to plain YAML
+            text = None
+        if isinstance(text, str):
+            path.write_text(text)
+            return
+    path.write_text(yaml.safe_dump(to_plain(resolved), sort_keys=False))
+
+
 class MetricsWriter:
     """``metrics.jsonl`` always; TensorBoard event files when asked (needs tensorboardX)."""
 
     def __init__(self, out_dir: Path, tensorboard: bool = False):
         self.path = out_dir / "metrics.jsonl"
         self.tb = None
-        if tensorboard:
+        self.primary = jax.process_index() == 0
+        if tensorboard and self.primary:
             try:
                 from tensorboardX import SummaryWriter
             except ImportError:
@@ -53,8 +77,16 @@ class MetricsWriter:
                                  "(pip install tensorboardX)") from None
             self.tb = SummaryWriter(str(out_dir / "tb"))
 
+    def truncate_after(self, step: int) -> None:
+        """Drops records past ``step`` (written by a run that died before its next checkpoint)."""
+        if not self.primary or not self.path.exists():
+            return
+        keep = [ln for ln in self.path.read_text().splitlines()
+                if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        self.path.write_text("".join(ln + "\n" for ln in keep))
+
     def write(self, step: int, metrics: dict[str, float]) -> None:
-        if jax.process_index() != 0:
+        if not self.primary:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
@@ -63,29 +95,40 @@ class MetricsWriter:
                 self.tb.add_scalar(k, v, step)
             self.tb.flush()
 
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
 
 class Trainer:
     """Runs ``config.steps`` steps of ``loss_fn`` over ``batch_fn`` with checkpoints in
     ``out_dir/checkpoints``.
 
     Args:
+      config: the train config (steps, seed, optimiser, checkpoint cadence, mesh).
       model: initial model (its parameters are the step-0 state).
-      loss_fn: ``(model, batch, key) -> (loss, aux)``.
-      batch_fn: ``step -> dict of host arrays`` (the global batch).
-      out_dir: run directory (config.yaml, metrics.jsonl, checkpoints/).
-      extra_config: anything else to save in config.yaml (e.g. the model/task config).
+      loss_fn: ``(model, batch, key) -> (loss, aux)``; scalar entries of ``aux`` are logged
+        (``reward`` also goes to the progress bar).
+      batch_fn: ``step -> dict of host arrays`` with a leading batch axis.
+      out_dir: run directory (``config.yaml``, ``metrics.jsonl``, ``checkpoints/``).
+      extra_config: anything else to save in ``config.yaml`` (e.g. the model/task config).
+      progress: show a tqdm bar on a terminal (``"always"`` also when stderr is not a tty).
+      mesh: a mesh, ``None`` for single-device jit, or ``"auto"`` for ``config.mesh``.
+      local_batch: ``batch_fn`` returns only this process's rows (multi-process runs).
     """
 
     def __init__(self, config: TrainConfig, model: nnx.Module, loss_fn: st.LossFn,
                  batch_fn: Callable[[int], dict[str, np.ndarray]], out_dir: str | Path, *,
-                 extra_config: dict | None = None, progress: bool = True,
-                 mesh: Any = "auto"):
+                 extra_config: dict | None = None, progress: bool | str = True,
+                 mesh: Any = "auto", local_batch: bool = False):
         self.config = config
         self.out_dir = Path(out_dir)
         self.batch_fn = batch_fn
         self.progress = progress
+        self.local_batch = local_batch
         self.mesh = shd.make_mesh(config.mesh) if mesh == "auto" else mesh
         self.optimizer = st.make_optimizer(config.optim)
+        self.schedule = learning_rate_schedule(config.optim)
         self.graphdef = nnx.graphdef(model)
         self.shardings = (None if self.mesh is None
                           else st.state_shardings(model, self.optimizer, self.mesh))
@@ -93,32 +136,32 @@ class Trainer:
         self.step_fn = st.make_train_step(self.graphdef, loss_fn, self.optimizer,
                                           grad_accum=config.optim.grad_accum, mesh=self.mesh,
                                           shardings=self.shardings)
+        self.base_key = jax.random.PRNGKey(config.seed)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if jax.process_index() == 0:
             resolved = {"train": to_plain(config), **(extra_config or {})}
-            (self.out_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-        self.manager = ocp.CheckpointManager(
-            (self.out_dir / "checkpoints").absolute(),
-            options=ocp.CheckpointManagerOptions(max_to_keep=config.checkpoint.keep,
-                                                 create=True))
+            dump_config(self.out_dir / "config.yaml", resolved)
+        self.checkpointer = Checkpointer(self.out_dir / "checkpoints",
+                                         keep=config.checkpoint.keep)
         self.metrics = MetricsWriter(self.out_dir, config.tensorboard)
 
     # ------------------------------------------------------------------ checkpoints
     def restore_latest(self) -> int:
-        """Restores the newest complete checkpoint; returns its step (0 if none)."""
-        latest = self.manager.latest_step()
+        """Restores the newest complete checkpoint into the state's shardings; returns its
+        step (0 if there is none)."""
+        latest = self.checkpointer.latest_step()
         if latest is None:
             return 0
-        abstract = jax.tree.map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-            self.state, self.shardings if self.shardings is not None else
-            jax.tree.map(lambda x: x.sharding, self.state))
-        self.state = self.manager.restore(latest, args=ocp.args.StandardRestore(abstract))
-        return int(latest)
+        state, meta = self.checkpointer.restore(latest, self.state)
+        check_meta(meta, seed=self.config.seed, rng_key=self.base_key)
+        self.state = state
+        return int(meta["data_cursor"])
 
     def save(self, step: int) -> None:
-        self.manager.save(step, args=ocp.args.StandardSave(self.state), force=True)
-        self.manager.wait_until_finished()
+        """Checkpoints the state after ``step`` steps (asynchronously; see ``Checkpointer``)."""
+        self.checkpointer.save(step, self.state, {
+            "step": step, "seed": self.config.seed, "data_cursor": step,
+            "rng_key": key_data(self.base_key)})
 
     @property
     def model(self) -> nnx.Module:
@@ -126,9 +169,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def run(self, resume: bool = False) -> dict[str, float]:
+        """Trains to ``config.steps``; with ``resume`` continues from the newest complete
+        checkpoint. Returns the last logged metrics."""
         cfg = self.config
         start = self.restore_latest() if resume else 0
-        base_key = jax.random.PRNGKey(cfg.seed)
+        self.metrics.truncate_after(start)
         last: dict[str, float] = {}
         bar = None
         if self.progress and jax.process_index() == 0:
@@ -139,21 +184,32 @@ class Trainer:
         t0, tokens = time.perf_counter(), 0
         for s in range(start, cfg.steps):
             host = self.batch_fn(s)
-            batch = st.put_batch(host, self.mesh)
-            self.state, metrics = self.step_fn(self.state, batch, jax.random.fold_in(base_key, s))
-            tokens += int(np.prod(next(iter(host.values())).shape))
+            batch = st.put_batch(host, self.mesh, local=self.local_batch)
+            self.state, metrics = self.step_fn(self.state, batch,
+                                               jax.random.fold_in(self.base_key, s))
+            rows = host.get("tokens", next(iter(host.values())))
+            tokens += int(np.prod(np.shape(rows))) * (
+                jax.process_count() if self.local_batch else 1)
             done = s + 1
             if done % cfg.log_every == 0 or done == cfg.steps:
-                last = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                last["tokens_per_s"] = tokens / max(time.perf_counter() - t0, 1e-9)
+                last = {k: float(v) for k, v in jax.device_get(metrics).items()
+                        if np.ndim(v) == 0}
+                elapsed = time.perf_counter() - t0
+                last["lr"] = float(self.schedule(s))
+                last["tokens_per_s"] = tokens / max(elapsed, 1e-9)
+                last["elapsed_s"] = elapsed
                 self.metrics.write(done, last)
                 if bar is not None:
-                    bar.set_postfix(loss=f"{last['loss']:.4f}",
-                                    tok_s=f"{last['tokens_per_s']:.0f}")
+                    post = {"loss": f"{last['loss']:.4f}"}
+                    if "reward" in last:
+                        post["reward"] = f"{last['reward']:.3f}"
+                    post["tok/s"] = f"{last['tokens_per_s']:.0f}"
+                    bar.set_postfix(post)
             if bar is not None:
                 bar.update(1)
             if done % cfg.checkpoint.every == 0 or done == cfg.steps:
                 self.save(done)
+        self.checkpointer.wait()
         if bar is not None:
             bar.close()
         return last

@@ -21,26 +21,9 @@ from jax.sharding import PartitionSpec as P
 
 from dllm_jax import sharding as shd
 from dllm_jax.objectives import aligned, forward_mask, sft_loss, token_logprobs
-from dllm_jax.train.config import OptimConfig
+from dllm_jax.train.optim import make_optimizer  # noqa: F401  (re-exported: st.make_optimizer)
 
 LossFn = Callable[[nnx.Module, dict[str, jax.Array], jax.Array], tuple[jax.Array, dict]]
-
-
-def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
-    """AdamW with linear warmup then cosine decay (or constant), after global-norm clipping."""
-    if cfg.schedule == "cosine":
-        sched = optax.warmup_cosine_decay_schedule(
-            0.0 if cfg.warmup_steps else cfg.lr, cfg.lr, max(cfg.warmup_steps, 1),
-            max(cfg.total_steps, cfg.warmup_steps + 1), cfg.lr * cfg.end_lr_factor)
-    elif cfg.warmup_steps:
-        sched = optax.join_schedules(
-            [optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps), optax.constant_schedule(cfg.lr)],
-            [cfg.warmup_steps])
-    else:
-        sched = optax.constant_schedule(cfg.lr)
-    parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm else []
-    parts.append(optax.adamw(sched, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay))
-    return optax.chain(*parts)
 
 
 def sft_objective(model: nnx.Module, batch: dict[str, jax.Array], key: jax.Array,
@@ -143,18 +126,34 @@ def model_from_state(graphdef: nnx.GraphDef, state: dict) -> nnx.Module:
     return nnx.merge(graphdef, nnx.State(state["params"]))
 
 
-def put_batch(batch: dict[str, Any], mesh: Mesh | None) -> dict[str, jax.Array]:
-    """Places a host batch: the global batch on one process, or this process's rows of it
-    (``process_index``-th slice) assembled into global arrays on several."""
+def put_batch(batch: dict[str, Any], mesh: Mesh | None, *,
+              local: bool = False) -> dict[str, jax.Array]:
+    """Places a host batch on the mesh, split over ``(data, fsdp)``.
+
+    Args:
+      batch: host arrays with a leading batch axis: the global batch (every process passes the
+        same arrays and keeps the rows its devices own), or with ``local=True`` only this
+        process's rows (the global batch is then ``process_count`` times larger).
+      mesh: the mesh; ``None`` puts the arrays on the default device.
+    """
     import numpy as np
 
     if mesh is None:
         return {k: jnp.asarray(v) for k, v in batch.items()}
     sh = batch_sharding(mesh)
-    n, i = jax.process_count(), jax.process_index()
+    n = jax.process_count()
     out = {}
     for k, v in batch.items():
         v = np.asarray(v)
-        rows = v.shape[0] // n
-        out[k] = jax.make_array_from_process_local_data(sh, v[i * rows:(i + 1) * rows], v.shape)
+        shape = (v.shape[0] * n,) + v.shape[1:] if local else v.shape
+        if shape[0] % (mesh.shape["data"] * mesh.shape["fsdp"]):
+            raise ValueError(f"batch entry {k!r} has {shape[0]} rows, not divisible by "
+                             f"data*fsdp = {mesh.shape['data'] * mesh.shape['fsdp']}")
+        if not local and n > 1:
+            # The rows this process's devices own (contiguous for a process-major mesh).
+            idx = sh.addressable_devices_indices_map(shape).values()
+            lo = min(s[0].start or 0 for s in idx)
+            hi = max(shape[0] if s[0].stop is None else s[0].stop for s in idx)
+            v = v[lo:hi]
+        out[k] = jax.make_array_from_process_local_data(sh, v, shape)
     return out
