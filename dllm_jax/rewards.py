@@ -93,7 +93,8 @@ def extract_final_answer(completion: str, number_fallback: bool = False) -> str 
     """The answer a d1-style completion commits to.
 
     Order: the last closed ``<answer>`` tag (its ``\\boxed{}`` content if it has one), else the
-    last ``\\boxed{}`` anywhere, else (``number_fallback``) the last number in the text.
+    last closed ``\\boxed{}`` anywhere, else (``number_fallback``, and only if the text has no
+    unclosed ``<answer>`` / ``\\boxed``) the last number in the text.
     """
     if not isinstance(completion, str) or not completion.strip():
         return None
@@ -104,6 +105,8 @@ def extract_final_answer(completion: str, number_fallback: bool = False) -> str 
     boxed = extract_boxed(completion)
     if boxed is not None:
         return boxed
+    if "<answer>" in completion or re.search(r"\\(?:boxed|fbox)", completion):
+        return None  # a truncated answer is no answer, whatever numbers precede it
     return extract_last_number(completion) if number_fallback else None
 
 

@@ -274,7 +274,7 @@ def solve_countdown(numbers: Sequence[int], target: int) -> str | None:
     return None
 
 
-_CODE_BLOCK = re.compile(r"```(?:python|py|Python)?[^\n]*\n(.*?)(?:```|$)", re.DOTALL)
+_CODE_BLOCK = re.compile(r"```(?:python|py|Python)?[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 
 
 def extract_code(completion: str) -> str:

@@ -1,0 +1,214 @@
+"""Scoring on the real benchmark files: reference solutions score 100%, shuffled ones ~0%;
+hand-checked math equivalences; reward functions on malformed output; task loading/prompts.
+
+Data comes from ``../shared/data`` (skipped when absent). Code tasks use their first 20 items
+(HumanEval/0..19, MBPP 11..30) to keep the sandbox time down; the other tasks use every item.
+"""
+
+import random
+
+import pytest
+
+from dllm_jax import rewards
+from dllm_jax.eval.tasks import TASKS, extract_code, get_task, solve_countdown
+from dllm_jax.rewards import math_equal
+
+CODE_SUBSET = 20
+SHUFFLED_BOUND = 0.03  # measured: gsm8k 1.1%, math500 1.2%, sudoku 0.6% (repeated answers)
+
+
+@pytest.fixture(scope="module")
+def data_dir(shared_dir):
+    d = shared_dir / "data"
+    if not d.is_dir():
+        pytest.skip("../shared/data is not present")
+    return d
+
+
+def _items(task, data_dir):
+    items = task.load(data_dir)
+    return items[:CODE_SUBSET] if task.kind == "code" else items
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_reference_solutions_score_100_and_shuffled_near_0(name, data_dir):
+    task = get_task(name)
+    items = _items(task, data_dir)
+    refs = [task.reference_completion(it) for it in items]
+    ok = task.score_many(list(zip(items, refs, strict=True)))
+    assert [it["id"] for it, o in zip(items, ok, strict=True) if not o] == []
+    # shuffled: a fixed permutation without fixed points (shuffle, then rotate by one)
+    order = list(range(len(items)))
+    random.Random(0).shuffle(order)
+    src = order[1:] + order[:1]
+    dst_of = dict(zip(order, src, strict=True))
+    shuffled = task.score_many([(items[i], refs[dst_of[i]]) for i in range(len(items))])
+    assert sum(shuffled) / len(items) <= SHUFFLED_BOUND
+
+
+def test_dataset_ids_and_sizes(data_dir):
+    assert [it["id"] for it in get_task("humaneval").load(data_dir, limit=2)] == [
+        "HumanEval/0", "HumanEval/1"]
+    mbpp = get_task("mbpp").load(data_dir)
+    assert len(mbpp) == 500 and mbpp[0]["id"] == 11 and mbpp[-1]["id"] == 510
+    gsm = get_task("gsm8k").load(data_dir)
+    assert len(gsm) == 1319 and [it["id"] for it in gsm[:3]] == [0, 1, 2]
+    sudoku = get_task("sudoku").load(data_dir, limit=3)
+    assert [it["id"] for it in sudoku] == [0, 1, 2] and sudoku[0]["Puzzle"] == "3102200002100320"
+    assert len(get_task("aime25").load(data_dir)) == 30
+
+
+def test_code_body_completion_and_fences(data_dir):
+    he = get_task("humaneval").load(data_dir, limit=3)
+    for it in he:  # a bare function body continues the stub
+        assert get_task("humaneval").score(it, it["canonical_solution"])
+        assert not get_task("humaneval").score(it, "    return None\n")
+    assert extract_code("text\n```python\nx = 1\n```\nmore") == "x = 1\n"
+    assert extract_code("```\ny = 2\n") == "y = 2\n"  # unclosed fence runs to the end
+    assert extract_code("z = 3") == "z = 3"
+
+
+# (pred, gold): hand-checked. Convention: a percentage equals both its number and its
+# fraction; thousands separators are dropped; "x = 2" is compared by its right-hand side.
+EQUIVALENT = [
+    ("0.5", "\\frac{1}{2}"), ("\\frac12", "0.5"), ("3/4", "\\dfrac{3}{4}"),
+    ("0.75", "\\tfrac{3}{4}"), ("1000", "1,000"), ("1234567.5", "1,234,567.5"),
+    ("0.5", "50\\%"), ("50", "50\\%"), ("50", "50%"), ("2", "x=2"), ("x = 2", "2"),
+    ("2\\sqrt{2}", "\\sqrt{8}"), ("[1, 2)", "[1,2)"), ("(-\\infty,3]", "(-\\infty, 3]"),
+    ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})"), ("10.0", "10"),
+    ("18", "\\$18"), ("18.00", "18"), ("C", "\\text{(C)}"), ("90", "90^\\circ"),
+    ("\\frac{1}{2}\\sqrt{3}", "\\frac{\\sqrt{3}}{2}"), ("\\pi \\cdot 2", "2\\pi"),
+    ("(x+1)^2", "x^2+2x+1"), ("\\{2,1\\}", "\\{1,2\\}"), ("2/4", "1/2"), ("5.", "5"),
+    ("1e3", "1000"), ("\\frac{1}{8}", "0.125"),
+]
+NOT_EQUIVALENT = [
+    ("2", "1"), ("0.55", "0.5"), ("[1,2]", "[1,2)"), ("(2,1)", "(1,2)"), ("3", "\\sqrt{8}"),
+    ("1", "1,000"), ("3", "x=2"), ("\\frac{1}{3}", "\\frac{1}{2}"), ("-2", "2"), ("", "2"),
+    ("1001", "1000"), ("3.14", "\\pi"), ("12", "1,2"), ("5x", "5"), ("10^{101}", "10^{100}"),
+    ("0.5", "5\\%"), (None, "2"), ("9" * 5000, "18"),
+]
+
+
+@pytest.mark.parametrize("pred,gold", EQUIVALENT)
+def test_math_equivalent(pred, gold):
+    assert math_equal(pred, gold)
+    assert math_equal(gold, pred)
+
+
+@pytest.mark.parametrize("pred,gold", NOT_EQUIVALENT)
+def test_math_not_equivalent(pred, gold):
+    assert not math_equal(pred, gold)
+
+
+def test_extractors():
+    assert rewards.extract_boxed("a \\boxed{\\frac{1}{2}} b \\boxed{3}") == "3"
+    assert rewards.extract_boxed("\\boxed{\\frac{1}{2}}") == "\\frac{1}{2}"
+    assert rewards.extract_boxed("\\boxed{12") is None
+    assert rewards.extract_answer_tag("<answer>1</answer> <answer> 2 </answer>") == "2"
+    assert rewards.extract_answer_tag("<answer>2") is None
+    assert rewards.extract_hash_answer("work\n#### 1,234") == "1234"
+    assert rewards.extract_last_number("a 1,234.5 then -7.") == "-7"
+    assert rewards.extract_final_answer("<answer>\\boxed{4}</answer>") == "4"
+    assert rewards.extract_final_answer("so 41 or 42", number_fallback=True) == "42"
+    assert rewards.extract_final_answer("so 41 or 42") is None
+    assert rewards.extract_final_answer("41 <answer>42", number_fallback=True) is None
+
+
+MALFORMED = ["", "<answer>", "<answer>18", "</answer>18<answer>", "garbage \u2603 \x00",
+             "<answer>" + "9" * 5000 + "</answer>", "\\boxed{", "<answer>\\boxed{1/0}</answer>",
+             "<answer>1e999999</answer>", "<answer>" + "(" * 500 + "1" + ")" * 500 + "</answer>",
+             "<answer>" + "+-" * 3000 + "</answer>", None]
+
+
+@pytest.mark.parametrize("completion", MALFORMED)
+def test_rewards_malformed_give_zero(completion):
+    assert rewards.gsm8k_reward(completion, "18") == 0.0
+    assert rewards.math_reward(completion, "\\frac{1}{2}") == 0.0
+    assert rewards.countdown_reward(completion, [30, 100, 93], 23) == 0.0
+    assert rewards.sudoku_reward(completion, "3102200002100320", "3142243142131324") == 0.0
+    assert rewards.format_reward(completion) == 0.0
+
+
+def test_countdown_reward():
+    nums, t = [30, 100, 93], 23
+
+    def r(expr, **kw):
+        return rewards.countdown_reward(f"<reasoning>x</reasoning><answer>{expr}</answer>",
+                                        nums, t, **kw)
+
+    for good in ["30-(100-93)", "30-100+93", " (93 + 30) - 100 ", "30 - 100 + 93 = 23"]:
+        assert r(good) == 1.0, good
+    for bad in ["100-93+30", "30-7", "30-100+93+0", "30-100+93+30-30", "93/(100-100)+30",
+                "30.0-100+93", "__import__('os').system('echo')", "30**2", "", "2 3 4"]:
+        assert r(bad) == 0.0, bad
+    assert r("100-93+30", format_score=0.1) == 0.1  # d1's partial credit for a wrong answer
+    assert rewards.countdown_reward("30-100+93", nums, t, format_score=0.1) == 0.0  # no tag
+    assert solve_countdown([2, 3, 4], 5) is not None
+    assert solve_countdown([1, 1, 1], 100) is None
+
+
+def test_sudoku_reward_d1_semantics():
+    puzzle, sol = "3102200002100320", "3142243142131324"
+    empty = [i for i, ch in enumerate(puzzle) if ch == "0"]
+
+    def r(ans):
+        return rewards.sudoku_reward(f"<answer>\n{ans}\n</answer>", puzzle, sol)
+
+    assert r(sol) == 1.0
+    assert r("3142\n2431\n4213\n1324") == 1.0  # layout ignored, digits in order
+    assert r(puzzle) == 0.0  # given cells are not scored
+    half = list(puzzle)
+    for i in empty[: len(empty) // 2]:
+        half[i] = sol[i]
+    assert r("".join(half)) == pytest.approx((len(empty) // 2) / len(empty))
+    # truncated: padded with 0 (d1), so only the empty cells among the first 8 count
+    assert r(sol[:8]) == pytest.approx(sum(i < 8 for i in empty) / len(empty))
+    assert r(sol + "1111") == 1.0  # extra digits truncated
+    assert rewards.sudoku_reward(f"<answer>{sol}</answer>", sol, sol) == 0.0  # nothing empty
+    with pytest.raises(ValueError, match="puzzle"):
+        rewards.sudoku_reward("<answer>1</answer>", "123", sol)
+
+
+def test_format_reward():
+    assert rewards.format_reward("<reasoning>\nhm\n</reasoning>\n<answer>\n4\n</answer>\n") == 1
+    assert rewards.format_reward("<answer>4</answer>") == 0.0
+    assert rewards.format_reward("<reasoning>a</reasoning><answer>4</answer> and more") == 0.0
+    assert rewards.format_reward("<reasoning>a</reasoning><answer>4") == 0.0
+
+
+def test_prompts_and_chat_template(data_dir, shared_dir):
+    transformers = pytest.importorskip("transformers")
+    gsm = get_task("gsm8k")
+    item = gsm.load(data_dir, limit=1)[0]
+    text = gsm.prompt_text(item)
+    assert "<reasoning>" in text and "<answer>" in text and item["question"] in text
+    qwen = shared_dir / "tokenizers" / "qwen2.5"
+    if not qwen.is_dir():
+        pytest.skip("qwen2.5 tokenizer not present")
+    tok = transformers.AutoTokenizer.from_pretrained(str(qwen))
+    assert tok.chat_template
+    decoded = tok.decode(gsm.encode_prompt(tok, item))
+    assert "<|im_start|>user" in decoded and decoded.rstrip().endswith("<|im_start|>assistant")
+    assert item["question"] in decoded
+    gpt2 = transformers.GPT2TokenizerFast.from_pretrained(str(shared_dir / "tokenizers/gpt2"))
+    he = get_task("humaneval")
+    he_item = he.load(data_dir, limit=1)[0]
+    assert gpt2.decode(he.encode_prompt(gpt2, he_item)) == he.prompt_text(he_item)
+    mb = get_task("mbpp")
+    mb_text = mb.prompt_text(mb.load(data_dir, limit=1)[0])
+    assert "assert remove_Occ" in mb_text
+    cd = get_task("countdown")
+    assert "[30, 100, 93]" in cd.prompt_text(cd.load(data_dir, limit=1)[0])
+
+
+def test_unknown_task_and_missing_file(tmp_path):
+    from dllm_jax.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown task 'gsm9k'"):
+        get_task("gsm9k")
+    with pytest.raises(FileNotFoundError):
+        get_task("gsm8k").load(tmp_path / "nope.jsonl")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q"}\n')
+    with pytest.raises(ConfigError, match="lacks field"):
+        get_task("gsm8k").load(bad)
