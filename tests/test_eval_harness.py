@@ -1,0 +1,187 @@
+"""``dllm-jax eval score`` and the resumable ``run_eval`` loop (with an injected generator and a
+byte tokenizer, so no model is compiled)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from dllm_jax.cli import main
+from dllm_jax.eval.harness import run_eval, score_predictions
+from dllm_jax.eval.tasks import get_task
+from dllm_jax.metrics import pass_at_k
+
+
+@pytest.fixture(scope="module")
+def data_dir(shared_dir):
+    d = shared_dir / "data"
+    if not d.is_dir():
+        pytest.skip("../shared/data is not present")
+    return d
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _gsm_predictions(tmp_path, data_dir):
+    """4 problems x 3 samples; problem i has i correct samples (capped at 3)."""
+    task = get_task("gsm8k")
+    items = task.load(data_dir / "gsm8k_test.jsonl", limit=4)
+    rows, counts = [], []
+    for i, it in enumerate(items):
+        c = min(i, 3)
+        counts.append(c)
+        for s in range(3):
+            comp = task.reference_completion(it) if s < c else "<answer>-12345</answer>"
+            rows.append({"id": it["id"], "completion": comp})
+    return _write(tmp_path / "preds.jsonl", rows), counts
+
+
+def test_score_cli_json(tmp_path, data_dir, capsys):
+    preds, counts = _gsm_predictions(tmp_path, data_dir)
+    rc = main(["eval", "score", "--task", "gsm8k", "--data", str(data_dir / "gsm8k_test.jsonl"),
+               "--predictions", str(preds), "--json"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert len(out.strip().splitlines()) == 1
+    res = json.loads(out)
+    assert res["task"] == "gsm8k" and res["num_problems"] == 4 and res["num_samples"] == 3
+    for k in (1, 2, 3):
+        expect = np.mean([pass_at_k(3, c, k) for c in counts])
+        assert res[f"pass@{k}"] == pytest.approx(expect, abs=1e-12)
+    assert set(res) >= {"task", "num_problems", "num_samples", "pass@1", "pass@1_stderr"}
+
+
+def test_score_code_task(tmp_path, data_dir):
+    task = get_task("mbpp")
+    items = task.load(data_dir, limit=3)
+    rows = []
+    for it in items:
+        rows.append({"id": it["id"], "completion": task.reference_completion(it)})
+        rows.append({"id": it["id"], "completion": "```python\nimport sys\nsys.exit(0)\n```"})
+    res = score_predictions("mbpp", data_dir, _write(tmp_path / "p.jsonl", rows))
+    assert res["pass@1"] == pytest.approx(0.5) and res["pass@2"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("case", ["bad_task", "missing_predictions", "missing_data",
+                                  "unknown_id", "bad_line"])
+def test_score_cli_errors(case, tmp_path, data_dir, capsys):
+    preds, _ = _gsm_predictions(tmp_path, data_dir)
+    data = str(data_dir / "gsm8k_test.jsonl")
+    task = "gsm8k"
+    if case == "bad_task":
+        task = "gsm9k"
+    elif case == "missing_predictions":
+        preds = tmp_path / "nope.jsonl"
+    elif case == "missing_data":
+        data = str(tmp_path / "nodata.jsonl")
+    elif case == "unknown_id":
+        preds = _write(tmp_path / "u.jsonl", [{"id": 999999, "completion": "x"}])
+    else:
+        (tmp_path / "b.jsonl").write_text('{"id": 1}\n')
+        preds = tmp_path / "b.jsonl"
+    rc = main(["eval", "score", "--task", task, "--data", data, "--predictions", str(preds),
+               "--json"])
+    cap = capsys.readouterr()
+    assert rc == 2
+    assert cap.out == ""
+    lines = cap.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dllm-jax: error: ")
+
+
+def test_eval_run_cli_validates_before_work(tmp_path, capsys):
+    assert main(["eval", "--tasks", "gsm8k", "--out", str(tmp_path)]) == 2
+    assert "--model" in capsys.readouterr().err
+    assert main(["eval", "--model", str(tmp_path), "--tasks", "gsm8k,nope",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "unknown task 'nope'" in capsys.readouterr().err
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as token ids; no chat template."""
+
+    chat_template = None
+
+    def encode(self, text):
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids, skip_special_tokens=True):
+        return bytes(ids).decode("utf-8", "replace")
+
+
+class FakeGenerator:
+    """Answers a countdown prompt correctly for rows where a key-dependent coin says so;
+    counts calls per prompt, and raises after ``fail_after`` calls (a killed run)."""
+
+    def __init__(self, items, fail_after=None):
+        self.task = get_task("countdown")
+        self.answers = {self.task.prompt_text(it): self.task.reference_completion(it)
+                        for it in items}
+        self.calls: dict[str, int] = {}
+        self.fail_after = fail_after
+
+    def __call__(self, prompts, key):
+        import jax
+
+        if self.fail_after is not None and sum(self.calls.values()) >= self.fail_after:
+            raise KeyboardInterrupt("killed")
+        text = bytes(prompts[0]).decode()
+        self.calls[text] = self.calls.get(text, 0) + 1
+        coins = np.asarray(jax.random.bernoulli(key, 0.5, (len(prompts),)))
+        return [list((self.answers[text] if c else "<answer>1+1</answer>").encode())
+                for c in coins]
+
+
+def _lines(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_run_eval_resume_scores_each_item_once(tmp_path, data_dir):
+    from dllm_jax.sampling import LLaDAConfig
+
+    items = get_task("countdown").load(data_dir, limit=6)
+    cfg = LLaDAConfig(steps=8, gen_length=8, block_length=8)
+    kw = dict(limit=6, samples=3, sampler_config=cfg, seed=3, data_dir=data_dir,
+              batch_size=2, tokenizer=ByteTokenizer(), progress=False)
+
+    ref_gen = FakeGenerator(items)
+    ref = run_eval(None, ["countdown"], out_dir=tmp_path / "ref", generate_fn=ref_gen, **kw)
+    assert sum(ref_gen.calls.values()) == 12  # 6 items x 2 chunks (2 + 1 samples)
+
+    out = tmp_path / "resumed"
+    first = FakeGenerator(items, fail_after=7)  # dies in item 3's second chunk
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(None, ["countdown"], out_dir=out, generate_fn=first, **kw)
+    res_path = out / "countdown" / "results.jsonl"
+    assert [r["id"] for r in _lines(res_path)] == [0, 1, 2]
+    with open(res_path, "a") as f:  # and the kill tore a line in half
+        f.write('{"id": 3, "index": 3, "compl')
+
+    second = FakeGenerator(items)
+    summary = run_eval(None, ["countdown"], out_dir=out, generate_fn=second, **kw)
+    assert sum(second.calls.values()) == 6  # only items 3, 4, 5
+    assert all(v == 2 for v in second.calls.values())
+    got = _lines(res_path)
+    assert [r["id"] for r in got] == [0, 1, 2, 3, 4, 5]
+    # keys depend on (seed, item, chunk) only, so the resumed run equals the uninterrupted one
+    assert got == _lines(tmp_path / "ref" / "countdown" / "results.jsonl")
+    assert summary == ref
+
+    correct = [r["correct"] for r in got]
+    assert all(len(c) == 3 for c in correct) and 0 < sum(map(sum, correct)) < 18
+    for r in got:  # the coin decided correctness and scoring agrees with the answers
+        assert r["correct"] == [c.startswith("<reasoning>") for c in r["completions"]]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["tasks"]["countdown"]["pass@1"] == pytest.approx(
+        np.mean([sum(c) / 3 for c in correct]), abs=1e-12)
+    assert s["config"]["sampler"] == "LLaDAConfig" and s["config"]["steps"] == 8
+    md = (out / "summary.md").read_text()
+    assert "| task | problems | n | pass@1 | pass@2 | pass@3 |" in md
+    assert "| countdown | 6 | 3 |" in md and "| gen_length | 8 |" in md
+
+    # a finished run restarted does no work at all
+    third = FakeGenerator(items, fail_after=0)
+    run_eval(None, ["countdown"], out_dir=out, generate_fn=third, **kw)
+    assert third.calls == {}
