@@ -114,6 +114,14 @@ def test_sft_and_pretraining_losses():
     pre = obj.masked_diffusion_loss(jnp.asarray(logp), masked, p_mask)[0]
     expect = sum(-logp[b, i] / p_mask[b] for b in range(B) for i in range(L) if masked[b, i])
     np.testing.assert_allclose(float(pre), expect / (B * L), rtol=1e-10)
+    g = jax.grad(lambda lp: obj.masked_diffusion_loss(lp, masked, p_mask)[0])(jnp.asarray(logp))
+    np.testing.assert_allclose(np.asarray(g), -masked.astype(float) / p_mask[:, None] / (B * L),
+                               atol=1e-12)
+    valid = mask > 0  # padding weighted out, divisor unchanged
+    pre_v = obj.masked_diffusion_loss(jnp.asarray(logp), masked, p_mask, valid)[0]
+    expect_v = sum(-logp[b, i] / p_mask[b] for b in range(B) for i in range(L)
+                   if masked[b, i] and valid[b, i])
+    np.testing.assert_allclose(float(pre_v), expect_v / (B * L), rtol=1e-10)
 
 
 def test_forward_mask_rate_and_prompt_untouched():
