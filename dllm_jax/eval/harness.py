@@ -293,9 +293,15 @@ def _sample_item(t: Task, item: Item, index: int, tokenizer: Any, generate_fn: G
         rows = generate_fn([prompt] * m, jax.random.fold_in(item_key, j))
         if len(rows) != m:
             raise ValueError(f"generate_fn returned {len(rows)} rows for {m} prompts")
-        completions += [tokenizer.decode([int(x) for x in r], skip_special_tokens=True)
-                        for r in rows]
+        completions += [_decode(tokenizer, [int(x) for x in r]) for r in rows]
     return completions
+
+
+def _decode(tokenizer: Any, ids: list[int]) -> str:
+    try:
+        return tokenizer.decode(ids, skip_special_tokens=True)
+    except TypeError:  # tokenizers without HF's keyword (dllm_jax.tasks.chartok)
+        return tokenizer.decode(ids)
 
 
 def _write_summary(out: Path, summaries: dict[str, Any], config: dict[str, Any]) -> None:
