@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from dllm_jax import objectives as obj
 
@@ -362,6 +363,12 @@ def test_mc_masks_are_stratified_and_exact():
     assert ((c2 - c2[0]) % 6).tolist() == [0, 3]  # spaced T / batch apart
 
 
+@nnx.jit
+def _forward(model, tokens):
+    """Raw logits of one plain model call (jitted: the loops below call it many times)."""
+    return model(tokens)
+
+
 def _naive_mc(model, key, prompt, answer, mc_num, batch, cfg):
     """LLaDA's get_log_likelihood, one copy at a time, with the masks the JAX code drew."""
     mask_id = model.config.mask_token_id
@@ -376,11 +383,11 @@ def _naive_mc(model, key, prompt, answer, mc_num, batch, cfg):
             for c in range(batch):
                 m = np.concatenate([np.zeros(p, bool), is_mask[s, c]])
                 inp = np.where(m, mask_id, seq)
-                lg = np.asarray(model(jnp.asarray(inp[None])))[0]
+                lg = np.asarray(_forward(model, jnp.asarray(inp[None])))[0]
                 if cfg:
                     un_in = inp.copy()
                     un_in[:p] = mask_id
-                    un = np.asarray(model(jnp.asarray(un_in[None])))[0]
+                    un = np.asarray(_forward(model, jnp.asarray(un_in[None])))[0]
                     lg = un + (cfg + 1) * (lg - un)
                 if model.config.shift_logits:
                     lg = np.concatenate([lg[:1], lg[:-1]])
@@ -430,7 +437,7 @@ def test_mc_log_likelihood_is_unbiased():
             m = np.zeros(len(seq), bool)
             m[[2 + j for j in subset]] = True
             with jax.enable_x64(False):
-                lg = np.asarray(model(jnp.asarray(np.where(m, mask_id, seq)[None])))
+                lg = np.asarray(_forward(model, jnp.asarray(np.where(m, mask_id, seq)[None])))
             lp = _np_logprobs(lg, seq[None])[0]
             exact += (lp * m).sum() / (x / a) / len(sets) / a
     rounds = 400
