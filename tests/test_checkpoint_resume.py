@@ -150,7 +150,9 @@ def test_unfinalised_checkpoints_are_skipped(tmp_path):
         ck.save(s, _small_state(s), {**meta, "step": s, "data_cursor": s})
     ck.wait()
     # A save killed before orbax's final rename leaves a temporary directory ...
-    shutil.copytree(tmp_path / "4", tmp_path / "6.orbax-checkpoint-tmp-1700000000")
+    # (named ``<step>.orbax-checkpoint-tmp`` by this orbax, with a timestamp by others).
+    shutil.copytree(tmp_path / "4", tmp_path / "6.orbax-checkpoint-tmp")
+    shutil.copytree(tmp_path / "4", tmp_path / "7.orbax-checkpoint-tmp-1700000000")
     # ... and a directory with a step name but missing pieces (e.g. a half copy) is not whole.
     (tmp_path / "8" / "state").mkdir(parents=True)
     ck2 = Checkpointer(tmp_path, keep=5)

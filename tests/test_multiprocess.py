@@ -1,0 +1,119 @@
+"""Two JAX processes on CPU (gloo collectives, 127.0.0.1 coordinator, 2 devices each) run a
+few sharded SFT steps through the Trainer and end with the same parameters as one process with 4
+devices.
+
+This file is also the child script: ``python tests/test_multiprocess.py OUT NPROC PID PORT``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+STEPS = 4
+ROWS = 8
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _batch(seed: int, step: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng([seed, step])
+    tokens = rng.integers(2, 60, (ROWS, 12)).astype(np.int32)
+    resp = np.zeros((ROWS, 12), np.int32)
+    resp[:, 4:] = 1
+    return {"tokens": tokens, "response_mask": resp}
+
+
+def _child(out: str, nproc: int, pid: int, port: int) -> None:
+    import jax
+
+    cache = os.environ.get("DLLM_JAX_TEST_CACHE")
+    if cache:
+        jax.config.update("jax_compilation_cache_dir", cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    if nproc > 1:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}",
+                                   num_processes=nproc, process_id=pid)
+    from flax import nnx
+    from jax.experimental import multihost_utils
+
+    from dllm_jax.testing import tiny_model
+    from dllm_jax.train import (
+        CheckpointConfig,
+        OptimConfig,
+        TrainConfig,
+        Trainer,
+        put_batch,
+        sft_objective,
+    )
+
+    assert jax.device_count() == 4 and jax.process_count() == nproc
+    cfg = TrainConfig(seed=1, steps=STEPS, batch_size=ROWS, mesh=(1, 4, 1), log_every=1,
+                      optim=OptimConfig(lr=1e-2, total_steps=STEPS, grad_accum=2),
+                      checkpoint=CheckpointConfig(every=2, keep=1))
+    n, i = jax.process_count(), jax.process_index()
+    rows = ROWS // n
+
+    def local_batch_fn(step: int) -> dict[str, np.ndarray]:  # only this process's rows
+        return {k: v[i * rows:(i + 1) * rows] for k, v in _batch(cfg.seed, step).items()}
+
+    trainer = Trainer(cfg, tiny_model("llada", seed=0), sft_objective, local_batch_fn, out,
+                      progress=False, local_batch=True)
+    trainer.run()
+    # The global-batch path (every process passes the whole batch) places the same arrays.
+    mesh = trainer.mesh
+    g = put_batch(_batch(cfg.seed, 0), mesh)
+    loc = put_batch(local_batch_fn(0), mesh, local=True)
+    for k in g:
+        np.testing.assert_array_equal(multihost_utils.process_allgather(g[k], tiled=True),
+                                      multihost_utils.process_allgather(loc[k], tiled=True))
+    params = multihost_utils.process_allgather(
+        nnx.to_pure_dict(nnx.state(trainer.model)), tiled=True)
+    if i == 0:
+        flat = jax.tree_util.tree_flatten_with_path(params)[0]
+        np.savez(Path(out) / "final.npz",
+                 **{jax.tree_util.keystr(k): np.asarray(v) for k, v in flat})
+    trainer.checkpointer.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn(out: Path, nproc: int, pid: int, port: int, devices: int) -> subprocess.Popen:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["JAX_PLATFORMS"] = "cpu"
+    env.setdefault("DLLM_JAX_TEST_CACHE", str(Path.home() / ".cache" / "dllm_jax_jit"))
+    return subprocess.Popen([sys.executable, __file__, str(out), str(nproc), str(pid), str(port)],
+                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def test_two_processes_equal_one_process(tmp_path):
+    port = _free_port()
+    procs = [_spawn(tmp_path / "multi", 2, i, port, 2) for i in range(2)]
+    procs.append(_spawn(tmp_path / "single", 1, 0, 0, 4))
+    logs = [p.communicate(timeout=300)[0].decode() for p in procs]
+    for p, log in zip(procs, logs, strict=True):
+        assert p.returncode == 0, log[-3000:]
+    with np.load(tmp_path / "multi" / "final.npz") as f:
+        multi = {k: f[k] for k in f.files}
+    with np.load(tmp_path / "single" / "final.npz") as f:
+        single = {k: f[k] for k in f.files}
+    assert multi.keys() == single.keys() and len(multi) > 5
+    for k in multi:
+        np.testing.assert_allclose(multi[k], single[k], rtol=0, atol=1e-6, err_msg=k)
+    # Both ran and checkpointed every step's worth of work.
+    assert (tmp_path / "multi" / "checkpoints" / str(STEPS)).is_dir()
+    assert len((tmp_path / "multi" / "metrics.jsonl").read_text().splitlines()) == STEPS
+
+
+if __name__ == "__main__":
+    _child(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
