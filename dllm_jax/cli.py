@@ -44,7 +44,7 @@ _PLUGINS = [
     ("dllm_jax.sampling.cli", "add_generate_parser"),
     ("dllm_jax.sampling.cli", "add_trajectory_parser"),
     ("dllm_jax.eval.cli", "add_eval_parser"),
-    ("dllm_jax.demo", "add_train_parser"),
+    ("dllm_jax.pipeline", "add_train_parser"),
     ("dllm_jax.demo", "add_demo_parser"),
 ]
 

@@ -69,8 +69,9 @@ class TaskData:
         self.tok = CharTokenizer()
         self.train = self.task.generate(seed, num_train, split="train")
         self.test = self.task.generate(seed, num_test, split="test")
-        tr = encode_examples(self.tok, self.train, self.task.answer_length)
-        te = encode_examples(self.tok, self.test, self.task.answer_length)
+        width = getattr(self.task, "answer_length", None)
+        tr = encode_examples(self.tok, self.train, answer_length=width)
+        te = encode_examples(self.tok, self.test, answer_length=width)
         self.train_prompt, self.train_answer = tr["prompt_BP"], tr["answer_BA"]
         self.test_prompt, self.test_answer = te["prompt_BP"], te["answer_BA"]
         self.p_len, self.a_len = self.train_prompt.shape[1], self.train_answer.shape[1]

@@ -97,7 +97,7 @@ def encode_prompts(tokenizer, prompts: list[str], chat_template: bool) -> list[l
         if chat_template and getattr(tokenizer, "chat_template", None):
             ids = tokenizer.apply_chat_template([{"role": "user", "content": text}],
                                                 add_generation_prompt=True, tokenize=True)
-            if isinstance(ids, dict):
+            if hasattr(ids, "keys"):  # a BatchEncoding in newer transformers
                 ids = ids["input_ids"]
         else:
             ids = tokenizer.encode(text)

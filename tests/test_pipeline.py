@@ -1,0 +1,168 @@
+"""Training programs: config overrides, data loading, the train CLI, and exact resume after
+SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from dllm_jax.config import ConfigError
+from dllm_jax.overrides import dump_yaml, load_config
+from dllm_jax.pipeline import RLProgram, SFTProgram
+
+TINY = ["model.hidden_size=32", "model.num_layers=2", "model.num_heads=4",
+        "data.num_train=512", "train.batch_size=16", "train.log_every=1"]
+
+
+def test_overrides_yaml_and_set(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("out: x\ntrain:\n  steps: 7\n  optim:\n    lr: 0.01\nrl:\n  budget: 2\n")
+    prog = load_config(RLProgram, cfg, ["train.optim.lr=1e-5", "rl.sampler.temperature=0.5",
+                                        "train.mesh=[1, 8, 1]"])
+    assert prog.out == "x" and prog.train.steps == 7 and prog.train.optim.lr == 1e-5
+    assert prog.rl.budget == 2 and prog.rl.sampler.temperature == 0.5
+    assert prog.train.mesh == (1, 8, 1)
+    assert prog.train.optim.schedule == "constant"  # untouched defaults survive
+    dump_yaml(prog, tmp_path / "resolved.yaml")
+    assert load_config(RLProgram, tmp_path / "resolved.yaml") == prog
+
+
+@pytest.mark.parametrize("sets,msg", [
+    (["trian.steps=3"], "unknown config key 'trian'"),
+    (["train.optim.learning_rate=3"], "unknown config key 'train.optim.learning_rate'"),
+    (["train.steps=abc"], "train.steps: expected an integer"),
+    (["train.steps=0"], "steps and batch_size must be >= 1"),
+    (["data.path=x.jsonl"], "exactly one of data.task and data.path"),
+    (["rl.loss=ppo"], "rl.loss must be one of"),
+    (["train.steps"], "expects key=value"),
+])
+def test_override_errors(sets, msg):
+    with pytest.raises(ConfigError, match=msg):
+        load_config(RLProgram, None, sets)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(SFTProgram, tmp_path / "none.yaml")
+
+
+def _chat_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<eos>", "<mask>", "user", ":", "assistant", "what", "is", "two", "four", "?"]
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="?"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<eos>", pad_token="<eos>")
+    tok.chat_template = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} "
+                         "{% endfor %}{% if add_generation_prompt %}assistant :{% endif %}")
+    return tok
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_data_loading_each_format(tmp_path, fmt):
+    import datasets
+
+    from dllm_jax.data import encode_sft, load_records
+
+    rows = [{"q": "what is two", "a": "four"}, {"q": "what is four ?", "a": "two"}]
+    path = tmp_path / f"d.{fmt}"
+    ds = datasets.Dataset.from_list(rows)
+    {"jsonl": ds.to_json, "csv": ds.to_csv, "parquet": ds.to_parquet}[fmt](str(path))
+    recs = load_records(str(path), fields=("q", "a"))
+    assert [r["q"] for r in recs] == [r["q"] for r in rows]
+    tok = _chat_tokenizer()
+    enc = encode_sft(recs, tok, prompt_field="q", answer_field="a")
+    # Chat template: "user : what is two assistant :" then the answer and EOS.
+    row = enc["tokens"][0][enc["attention_mask"][0] > 0].tolist()
+    assert tok.decode(row).split() == ["user", ":", "what", "is", "two", "assistant", ":",
+                                       "four", "<eos>"]
+    assert enc["response_mask"][0].sum() == enc["tokens"].shape[1] - (
+        enc["response_mask"][0] == 0).sum()
+    with pytest.raises(ValueError, match="has no field"):
+        load_records(str(path), fields=("question",))
+
+
+def test_data_errors_and_orders(tmp_path):
+    from dllm_jax.data import batch_rows, epoch_order, host_shard, load_records
+
+    with pytest.raises(ValueError, match="does not exist"):
+        load_records(str(tmp_path / "none.jsonl"))
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(ValueError, match="unknown data file type"):
+        load_records(str(tmp_path / "x.txt"))
+    assert (epoch_order(10, 1, 2) == epoch_order(10, 1, 2)).all()
+    assert sorted(epoch_order(10, 1, 2)) == list(range(10))
+    rows = batch_rows(10, 4, 0, 3)  # epoch 1, second slice
+    assert (rows == epoch_order(10, 0, 1)[4:8]).all()
+    parts = [host_shard(rows, i, 2) for i in range(2)]
+    assert sorted(np.concatenate(parts)) == sorted(rows) and len(parts[0]) == 2
+
+
+def _cli(args, cwd, env=None, **kw):
+    return subprocess.Popen([sys.executable, "-m", "dllm_jax.cli", *args], cwd=cwd,
+                            env=env or os.environ.copy(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def _params(path):
+    from flax import nnx
+
+    from dllm_jax.convert import load_checkpoint
+
+    return [np.asarray(x) for x in
+            __import__("jax").tree.leaves(nnx.state(load_checkpoint(path)))]
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
+    sets = TINY + ["train.steps=24", "train.checkpoint.every=3", "train.checkpoint.keep=2",
+                   "train.optim.total_steps=24"]
+    args = ["train", "sft"] + [x for s in sets for x in ("--set", s)]
+    full = _cli(args + ["--set", f"out={tmp_path / 'full'}"], tmp_path)
+    assert full.wait(timeout=300) == 0, full.stdout.read()
+    run = tmp_path / "killed"
+    proc = _cli(args + ["--set", f"out={run}"], tmp_path)
+    ckpts = run / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir()):
+            break
+        time.sleep(0.05)
+    time.sleep(np.random.default_rng().uniform(0, 0.5))
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "model").exists() or proc.returncode == 0
+    resumed = _cli(args + ["--set", f"out={run}", "--resume"], tmp_path)
+    assert resumed.wait(timeout=300) == 0, resumed.stdout.read()
+    for a, b in zip(_params(run / "model"), _params(tmp_path / "full" / "model"), strict=True):
+        np.testing.assert_array_equal(a, b)
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 24
+
+
+def test_train_cli_sft_then_rl(tmp_path, capsys):
+    from dllm_jax.cli import main
+
+    sft_out = tmp_path / "sft"
+    base = [x for s in TINY for x in ("--set", s)]
+    assert main(["train", "sft", *base, "--set", "train.steps=4", "--set",
+                 f"out={sft_out}"]) == 0
+    printed = capsys.readouterr().out
+    assert "steps: 4" in printed and (sft_out / "config.yaml").is_file()
+    assert (sft_out / "model" / "char_tokenizer.json").is_file()
+    rl_out = tmp_path / "rl"
+    assert main(["train", "rl", *base, "--set", "train.steps=2", "--set",
+                 f"model.init={sft_out / 'model'}", "--set", f"out={rl_out}", "--set",
+                 "rl.prompts_per_step=2", "--set", "rl.group_size=4", "--set",
+                 "rl.selector=atpo", "--set", "train.batch_size=1"]) == 0
+    lines = (rl_out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and "reward" in json.loads(lines[-1])
+    assert main(["train", "sft", "--set", "trian.steps=1"]) == 2
+    assert "unknown config key 'trian'" in capsys.readouterr().err
