@@ -1,6 +1,9 @@
-"""Built-in tasks: deterministic disjoint splits, fixed shapes, exact verifiers, tokenizer."""
+"""Built-in tasks: deterministic disjoint splits, fixed shapes, exact verifiers checked against
+hand cases and independent brute force, and the character tokenizer."""
 
 import itertools
+import time
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -8,89 +11,236 @@ import pytest
 from dllm_jax.tasks import (
     TASKS,
     CharTokenizer,
+    Example,
     encode_examples,
-    eval_equation,
     get_task,
-    is_valid_solution,
     model_config,
-    solve_countdown,
+    split_of,
 )
+from dllm_jax.tasks.sudoku import all_grids, count_solutions
+
+
+def _identity(name, ex):
+    m = ex.meta
+    if name == "addition":
+        return f"{min(m['a'], m['b'])}+{max(m['a'], m['b'])}"
+    if name == "sudoku":
+        return m["puzzle"]
+    return ",".join(map(str, sorted(m["numbers"]))) + f">{m['target']}"
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
-def test_generators_deterministic_disjoint_and_verified(name):
+def test_generators_deterministic_disjoint_fixed_shape_and_verified(name):
     task = get_task(name)
-    a = task.generate(3, 200, "train")
-    assert [e.prompt for e in a] == [e.prompt for e in task.generate(3, 200, "train")]
-    test = task.generate(3, 50, "test")
-    assert not {e.prompt for e in a} & {e.prompt for e in test}
-    assert len({e.prompt for e in a}) == 200
-    assert all(task.verify(e, e.answer) == 1.0 for e in a + test)
-    # Answers of other items are (almost always) wrong: the verifier is not trivially true.
-    shuffled = np.mean([task.verify(e, f.answer) for e, f in zip(a, a[1:] + a[:1], strict=True)])
+    train = task.generate(3, 300, "train")
+    assert train == task.generate(3, 300, "train")
+    assert train[:50] == task.generate(3, 50, "train")  # a shorter request is a prefix
+    assert [e.prompt for e in task.generate(4, 50)] != [e.prompt for e in train[:50]]
+    test = task.generate(3, 60, "test") + task.generate(9, 60, "test")
+    ids_train = {_identity(name, e) for e in train}
+    ids_test = {_identity(name, e) for e in test}
+    assert len(ids_train) == 300
+    assert not ids_train & ids_test  # disjoint across seeds too: the split hashes the identity
+    assert all(split_of(i, task.test_fraction) == "train" for i in ids_train)
+    assert {len(e.prompt) for e in train + test} == {task.prompt_length}
+    assert max(len(e.answer) for e in train + test) <= task.answer_length
+    assert all(task.verify(e, e.answer) == 1.0 for e in train + test)
+    assert all(task.verify(e.meta, e.answer) == 1.0 for e in test)  # meta dicts work too
+    assert all(task.format_reward(e.answer) == 1.0 for e in test)
+    # Another item's answer is almost always wrong: the verifier is not trivially true.
+    shuffled = np.mean([task.verify(e, f.answer) for e, f in zip(train, train[1:], strict=False)])
     assert shuffled < 0.1
     tok = CharTokenizer()
-    enc = encode_examples(tok, a, task.answer_length)
-    assert enc["prompt_BP"].shape[0] == 200 and enc["answer_BA"].shape == (200, task.answer_length)
-    for bad in ("", "garbage!!", "1" * 200, "(((", "9**9**9"):
-        assert task.verify(a[0], bad) == 0.0
+    enc = encode_examples(tok, train + test)
+    assert enc["prompt_BP"].shape == (420, task.prompt_length)
+    assert enc["answer_BA"].shape == (420, task.answer_length)
+    assert enc["prompt_BP"].dtype == enc["answer_BA"].dtype == np.int32
+    assert tok.decode(enc["answer_BA"][0]) == train[0].answer
+    assert tok.decode(np.concatenate([enc["prompt_BP"][5], enc["answer_BA"][5]])) == (
+        train[5].prompt + train[5].answer)
+    for bad in ("", "   ", "garbage!!", "1" * 500, "(((", "9**9**9", "\ufffd_", None, 17):
+        assert task.verify(train[0], bad) == 0.0
+        assert task.format_reward(bad) == 0.0
+    assert task.verify({}, train[0].answer) == 0.0 and task.verify(None, "1") == 0.0
 
 
-def test_addition_format():
+def test_bad_specs_and_requests():
+    with pytest.raises(ValueError, match="unknown task"):
+        get_task("chess")
+    with pytest.raises(ValueError, match="unexpected keyword"):
+        get_task("addition", digit=3)
+    with pytest.raises(ValueError, match="digits"):
+        get_task("addition", digits=0)
+    with pytest.raises(ValueError, match="min_blanks"):
+        get_task("sudoku", min_blanks=9, max_blanks=8)
+    with pytest.raises(ValueError, match="max_blanks"):
+        get_task("sudoku", max_blanks=13)
+    with pytest.raises(ValueError, match="test_fraction"):
+        get_task("countdown", test_fraction=1.0)
+    with pytest.raises(ValueError, match="split"):
+        get_task("addition").generate(0, 3, "validation")
+    # One-digit addition has 55 unordered pairs: 100 distinct examples cannot exist.
+    with pytest.raises(ValueError, match="could only draw"):
+        get_task("addition", digits=1).generate(0, 100)
+    tok = CharTokenizer()
+    with pytest.raises(ValueError, match="different lengths"):
+        encode_examples(tok, [Example("1+1=", "2", {}), Example("10+1=", "11", {})])
+    with pytest.raises(ValueError, match="longer than"):
+        encode_examples(tok, [Example("1+1=", "22", {})], answer_length=1)
+    with pytest.raises(ValueError, match="no examples"):
+        encode_examples(tok, [])
+
+
+def test_addition_hand_cases():
     task = get_task("addition")
-    ex = task.generate(0, 1, "train")[0]
-    a, b = ex.meta["a"], ex.meta["b"]
-    assert ex.prompt == f"{a:03d}+{b:03d}=" and ex.answer == f"{a + b:04d}"[::-1]
-    assert task.verify(ex, f" {ex.answer} ") == 1.0
+    ex = task.make(123, 989)
+    assert (ex.prompt, ex.answer) == ("123+989=", "2111")  # 1112 written backwards
+    assert task.make(999, 999).answer == "8991" and task.make(0, 7).answer == "7000"
+    assert task.verify(ex, " 2111 ") == 1.0
+    for wrong in ("1112", "211", "21110", "2 111", "2111=", "+2111"):
+        assert task.verify(ex, wrong) == 0.0
+    assert task.format_reward("0000") == 1.0 and task.format_reward("000") == 0.0
+    ex5 = get_task("addition", digits=5).generate(0, 1)[0]
+    assert len(ex5.prompt) == 12 and len(ex5.answer) == 6
 
 
-def _brute_force_solutions(puzzle):
-    empty = [i for i, c in enumerate(puzzle) if c == "0"]
-    sols = []
-    for fill in itertools.product("1234", repeat=len(empty)):
-        cells = list(puzzle)
-        for i, v in zip(empty, fill, strict=True):
-            cells[i] = v
-        if is_valid_solution("".join(cells), puzzle):
-            sols.append("".join(cells))
-    return sols
+def _brute_force_grids():
+    """All 4x4 grids, found without backtracking: rows are permutations, filter the rest."""
+    perms = np.asarray(list(itertools.permutations(range(1, 5))))
+    rows = perms[np.stack(np.meshgrid(*[np.arange(24)] * 4, indexing="ij"), -1).reshape(-1, 4)]
+    cols_ok = np.all(np.sort(rows, axis=1) == np.arange(1, 5)[None, :, None], axis=(1, 2))
+    g = rows[cols_ok]
+    boxes = [g[:, r:r + 2, c:c + 2].reshape(len(g), 4) for r in (0, 2) for c in (0, 2)]
+    ok = np.all([np.all(np.sort(b, 1) == np.arange(1, 5), 1) for b in boxes], axis=0)
+    return g[ok].reshape(-1, 16)
 
 
-def test_sudoku_unique_solutions_by_brute_force():
-    task = get_task("sudoku", min_blanks=6, max_blanks=8)
-    for ex in task.generate(1, 4, "test"):
-        assert _brute_force_solutions(ex.meta["puzzle"]) == [ex.answer]
-    ex = task.generate(1, 1, "train")[0]
-    wrong = ex.answer[:-1] + ("1" if ex.answer[-1] != "1" else "2")
-    assert task.verify(ex, wrong) == 0.0
-    assert task.cell_accuracy(ex, ex.answer) == 1.0
+def test_sudoku_unique_solutions_by_independent_brute_force():
+    grids = _brute_force_grids()
+    assert len(grids) == 288
+    assert {tuple(x) for x in grids} == {tuple(x) for x in all_grids()}
+    task = get_task("sudoku", min_blanks=8, max_blanks=12)
+    examples = task.generate(1, 20, "test") + task.generate(1, 20, "train")
+    blanks = []
+    for ex in examples:
+        puzzle = np.asarray([int(c) for c in ex.meta["puzzle"]])
+        given = puzzle != 0
+        blanks.append(int((~given).sum()))
+        matches = grids[(grids[:, given] == puzzle[given]).all(1)]
+        assert len(matches) == 1 and "".join(map(str, matches[0])) == ex.answer
+        assert count_solutions(ex.meta["puzzle"], limit=5) == 1  # the backtracking solver agrees
+    assert min(blanks) >= 8 and max(blanks) <= 12 and len(set(blanks)) > 1
+    assert count_solutions("0" * 16, limit=1000) == 288
+    ex = examples[0]
+    p, s = ex.meta["puzzle"], ex.answer
+    # A valid grid that contradicts a given cell, the solution with two cells swapped, a
+    # malformed grid: all 0. A relabelled solution is a valid grid but breaks the givens.
+    relabel = s.translate(str.maketrans("1234", "2341"))
+    assert task.verify(ex, relabel) == 0.0
+    i, j = next((i, j) for i in range(16) for j in range(16) if p[i] == p[j] == "0"
+                and s[i] != s[j])
+    swapped = list(s)
+    swapped[i], swapped[j] = s[j], s[i]
+    assert task.verify(ex, "".join(swapped)) == 0.0
+    assert task.verify(ex, s[:15]) == 0.0 and task.verify(ex, s + "1") == 0.0
+    assert task.cell_accuracy(ex, s) == 1.0 and task.cell_accuracy(ex, "") == 0.0
+    assert task.cell_accuracy(ex, "".join(swapped)) == pytest.approx(
+        1 - 2 / p.count("0"))
+
+
+def _reachable(numbers, target):
+    """Independent check: every order, operator pair and bracketing, exact integer division."""
+    def op(o, x, y):
+        if o == "/":
+            return None if y == 0 or Fraction(x, y).denominator != 1 else x // y
+        return {"+": x + y, "-": x - y, "*": x * y}[o]
+    for a, b, c in itertools.permutations(numbers):
+        for o1, o2 in itertools.product("+-*/", repeat=2):
+            left = op(o1, a, b)
+            right = op(o2, b, c)
+            if (left is not None and op(o2, left, c) == target) or (
+                    right is not None and op(o1, a, right) == target):
+                return True
+    return False
 
 
 def test_countdown_verifier_hand_cases():
     task = get_task("countdown")
-    ex = task.generate(0, 1, "train")[0]
-    ex = type(ex)("03,04,05>035=", "(3+4)*5", {"numbers": [3, 4, 5], "target": 35})
+    ex = task.make([3, 4, 5], 35, "(3+4)*5")
+    assert ex.prompt == "03,04,05>35="
     assert task.verify(ex, "(3+4)*5") == 1.0
-    assert task.verify(ex, "5*(4+3)") == 1.0  # any correct equation
-    assert task.verify(ex, "(3+4)*5+0") == 0.0  # extra number
+    assert task.verify(ex, "5*(4+3)") == 1.0  # any correct equation, any order
+    assert task.verify(ex, " ( 3 + 4 ) * 5 ") == 1.0
+    assert task.verify(ex, "(3+4)*5+0") == 0.0  # an extra number
     assert task.verify(ex, "(3+3)*5") == 0.0  # reuse
+    assert task.verify(ex, "7*5") == 0.0  # numbers not used
     assert task.verify(ex, "35") == 0.0
-    assert task.verify(ex, "3+4*5") == 0.0  # wrong value
-    assert eval_equation("7/2")[0] == 3.5 and eval_equation("1/0") is None
-    assert eval_equation("-3+4") is None and eval_equation("__import__('os')") is None
-    for e in task.generate(2, 30, "train"):
-        assert solve_countdown(e.meta["numbers"], e.meta["target"]) is not None
+    assert task.verify(ex, "3+4*5") == 0.0  # wrong value (23)
+    assert task.verify(ex, "(3+4)*5=35") == 0.0  # only the expression
+    assert task.verify(ex, "(03+4)*5") == 0.0  # leading zero: not a Python integer literal
+    assert task.verify(ex, "(3.0+4)*5") == 0.0
+    assert task.verify(ex, "-(3-4)*5*7") == 0.0
+    div = task.make([7, 2, 2], 7, "7*2/2")
+    assert task.verify(div, "7*2/2") == 1.0  # exact division
+    assert task.verify(div, "7/2*2") == 0.0  # 3.5 * 2: an inexact division is refused
+    zero = task.make([5, 3, 3], 2, "5-(3/3)")
+    assert task.verify(zero, "5/(3-3)") == 0.0
+    assert task.verify(zero, "5-3/3") == 0.0 and task.verify(zero, "5-3+3") == 0.0
+    assert task.verify(task.make([6, 3, 1], 3, "6/3+1"), "6/3+1") == 1.0
+    assert task.verify(ex, "-3+4+5") == 0.0  # unary minus
+    t0 = time.perf_counter()
+    for attack in ("9**9**9", "9**9**9**9", "(3+4)**5", "3<<99999999", "__import__('os')",
+                   "(" * 30 + "3" + ")" * 30, "9" * 60 + "*" + "9" * 3, "3+4;5", "[3,4,5]"):
+        assert task.verify(ex, attack) == 0.0
+        assert task.format_reward(attack) == 0.0
+    assert time.perf_counter() - t0 < 0.5
+    assert task.format_reward("1+2+3") == 1.0 and task.format_reward("1+2") == 0.0
+    for e in task.generate(2, 200, "train") + task.generate(2, 50, "test"):
+        assert _reachable(e.meta["numbers"], e.meta["target"])
+        assert sorted(e.meta["numbers"]) == sorted(
+            int(x) for x in e.prompt.split(">")[0].split(","))
+        assert 1 <= e.meta["target"] <= task.max_target
 
 
-def test_tokenizer_round_trip_and_errors(tmp_path):
+def test_tokenizer_round_trip_errors_and_save(tmp_path):
     tok = CharTokenizer()
-    ids = tok.encode("123+45=")
-    assert tok.decode(ids + [tok.eos_id, 5, 6]) == "123+45="
-    assert tok.decode([tok.bos_id, *ids, tok.mask_id]) == "123+45=_"
-    with pytest.raises(ValueError, match="not in the tokenizer"):
+    text = "(12+3)*4=51, abc>z?"
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text and len(ids) == len(text)
+    assert tok.encode("7", add_bos=True, add_eos=True) == [tok.bos_id, tok.encode("7")[0],
+                                                           tok.eos_id]
+    assert tok.decode([tok.bos_id, *ids, tok.eos_id, *tok.encode("99")]) == text
+    assert tok.decode(np.asarray([*ids[:2], tok.mask_id, tok.pad_id])) == text[:2] + "_"
+    assert tok.decode([*ids[:1], tok.vocab_size, 10**6, -1]) == text[:1] + "\ufffd" * 3
+    assert tok.decode([tok.bos_id, *ids[:1], tok.eos_id], skip_special_tokens=False) == (
+        "<bos>" + text[0] + "<eos>")
+    assert len({tok.bos_id, tok.eos_id, tok.mask_id, *tok.encode(tok.chars)}) == tok.vocab_size
+    assert tok.pad_id == tok.eos_id and tok.mask_id == tok.vocab_size - 1
+    with pytest.raises(ValueError, match=r"character '€' at position 2"):
         tok.encode("12€")
-    tok.save(tmp_path)
+    with pytest.raises(ValueError, match="repeat"):
+        CharTokenizer("abca")
+    with pytest.raises(ValueError, match="may not include"):
+        CharTokenizer("ab_")
+    assert not CharTokenizer.is_saved_in(tmp_path)
+    with pytest.raises(FileNotFoundError, match="char_tokenizer.json"):
+        CharTokenizer.load(tmp_path)
+    small = CharTokenizer("0123456789+=")
+    small.save(tmp_path)
     assert CharTokenizer.is_saved_in(tmp_path)
-    assert CharTokenizer.load(tmp_path).encode("9") == tok.encode("9")
+    back = CharTokenizer.load(tmp_path)
+    assert back == small and back.mask_id == small.mask_id and back != tok
+    (tmp_path / "char_tokenizer.json").write_text('{"type": "CharTokenizer", "chars": "01", '
+                                                  '"mask_id": 9}')
+    with pytest.raises(ValueError, match="mask_id"):
+        CharTokenizer.load(tmp_path)
+    (tmp_path / "char_tokenizer.json").write_text("not json")
+    with pytest.raises(ValueError, match="not JSON"):
+        CharTokenizer.load(tmp_path)
     cfg = model_config(tok, hidden_size=64, num_layers=2, num_heads=4)
-    assert cfg.vocab_size % 8 == 0 and cfg.vocab_size > tok.mask_id == cfg.mask_token_id
+    assert cfg.vocab_size % 8 == 0 and tok.vocab_size <= cfg.vocab_size < tok.vocab_size + 8
+    assert (cfg.mask_token_id, cfg.eos_token_id, cfg.pad_token_id, cfg.bos_token_id) == (
+        tok.mask_id, tok.eos_id, tok.pad_id, tok.bos_id)
+    assert (cfg.family, cfg.head_dim, cfg.num_layers) == ("llada", 16, 2)
+    with pytest.raises(ValueError, match="multiple of num_heads"):
+        model_config(tok, hidden_size=30, num_heads=4)

@@ -1,0 +1,123 @@
+"""What every built-in task shares: the example record, the train/test split, the sampling
+loop and the encoding of examples into fixed-shape id arrays."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+Split = Literal["train", "test"]
+SPLITS = ("train", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One task instance.
+
+    Attributes:
+      prompt: the prompt text (fixed length within a task).
+      answer: the reference answer text (at most ``meta["answer_length"]`` characters; the
+        encoded answer is padded with EOS to that length).
+      meta: what the verifier needs (numbers, target, puzzle, ...) plus ``answer_length``.
+    """
+
+    prompt: str
+    answer: str
+    meta: dict[str, Any]
+
+
+def split_of(identity: str, test_fraction: float) -> Split:
+    """``"test"`` for a stable hash-chosen ``test_fraction`` of identities, else ``"train"``.
+
+    The split is a pure function of the puzzle identity (not of any seed), so a test example
+    never appears in any training set.
+    """
+    h = int.from_bytes(hashlib.sha256(identity.encode()).digest()[:8], "big")
+    return "test" if h < test_fraction * 2.0**64 else "train"
+
+
+def is_test_item(identity: str, test_fraction: float = 0.1) -> bool:
+    """True if ``identity`` belongs to the test split (see :func:`split_of`)."""
+    return split_of(identity, test_fraction) == "test"
+
+
+def check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+def check_fraction(test_fraction: float) -> None:
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+
+
+def sample_examples(draw: Callable[[np.random.Generator], tuple[str, Example]], *, seed: int,
+                    n: int, split: str, test_fraction: float, name: str) -> list[Example]:
+    """``n`` distinct examples of ``split`` from ``draw`` (which returns ``(identity, example)``).
+
+    Deterministic in ``(seed, split)``; a shorter request is a prefix of a longer one.
+
+    Raises:
+      ValueError: bad ``n``/``split``, or the task has too few distinct instances for ``n``.
+    """
+    check_split(split)
+    if not isinstance(n, int | np.integer) or n < 0:
+        raise ValueError(f"n must be a non-negative int, got {n!r}")
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, SPLITS.index(split), 0x7A5C])
+    seen: set[str] = set()
+    out: list[Example] = []
+    frac = test_fraction if split == "test" else 1.0 - test_fraction
+    budget = int(20 * n / frac) + 1000
+    for _ in range(budget):
+        if len(out) == n:
+            break
+        identity, ex = draw(rng)
+        if identity in seen or split_of(identity, test_fraction) != split:
+            continue
+        seen.add(identity)
+        out.append(ex)
+    if len(out) < n:
+        raise ValueError(f"{name}: could only draw {len(out)} distinct {split} examples of the "
+                         f"{n} asked for; make the task larger or ask for fewer")
+    return out
+
+
+def encode_examples(tokenizer: Any, examples: Sequence[Example],
+                    answer_length: int | None = None) -> dict[str, np.ndarray]:
+    """Encodes examples into fixed-shape int32 arrays.
+
+    Args:
+      tokenizer: a :class:`~dllm_jax.tasks.chartok.CharTokenizer` (anything with ``encode`` and
+        ``eos_id``).
+      examples: examples of one task (equal prompt lengths).
+      answer_length: answer width ``A``; defaults to the task's fixed width
+        (``meta["answer_length"]``), else the longest answer.
+
+    Returns:
+      ``prompt_BP`` (prompt ids) and ``answer_BA`` (answer ids padded with EOS).
+
+    Raises:
+      ValueError: no examples, unequal prompt lengths, an answer longer than ``A``, or a
+        character the tokenizer does not know.
+    """
+    if not examples:
+        raise ValueError("encode_examples: no examples given")
+    prompts = [tokenizer.encode(ex.prompt) for ex in examples]
+    answers = [tokenizer.encode(ex.answer) for ex in examples]
+    lengths = {len(p) for p in prompts}
+    if len(lengths) != 1:
+        raise ValueError(f"encode_examples: prompts have different lengths {sorted(lengths)}")
+    if answer_length is None:
+        fixed = [ex.meta.get("answer_length") for ex in examples]
+        answer_length = max([len(a) for a in answers] + [int(f) for f in fixed if f is not None])
+    answer_BA = np.full((len(examples), answer_length), tokenizer.eos_id, np.int32)
+    for i, a in enumerate(answers):
+        if len(a) > answer_length:
+            raise ValueError(f"encode_examples: answer {examples[i].answer!r} is longer than "
+                             f"answer_length={answer_length}")
+        answer_BA[i, :len(a)] = a
+    return {"prompt_BP": np.asarray(prompts, np.int32), "answer_BA": answer_BA}
