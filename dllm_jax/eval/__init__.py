@@ -3,7 +3,7 @@ scoring of prediction files and the resumable generate-then-score loop.
 
 ``dllm-jax eval --model DIR --tasks gsm8k,math500 ...`` runs :func:`run_eval`;
 ``dllm-jax eval score --task gsm8k --data PATH --predictions FILE.jsonl`` runs
-:func:`score_predictions`. Nothing here imports JAX until a model is evaluated.
+:func:`score_predictions`.
 """
 
 from dllm_jax.eval.harness import run_eval, score_predictions, summarize

@@ -40,7 +40,8 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
         add_sampler_arguments(p)
     p.set_defaults(func=_run)
 
-    sub = p.add_subparsers(dest="eval_command", metavar="score")
+    sub = p.add_subparsers(dest="eval_command", metavar="{score}",
+                           help="optional: score a predictions file instead of running a model")
     s = sub.add_parser("score", help="score a predictions JSONL file (no model)")
     s.add_argument("--task", required=True, help="task name, e.g. gsm8k")
     s.add_argument("--data", help="dataset file, directory or HF name (default: HF hub)")

@@ -14,7 +14,13 @@ working directory by raisers; that is defence in depth only.
 A program passes only if it exits with status 0 *and* the runner printed a per-run random
 sentinel after the program's code (tests included) finished, so ``sys.exit(0)`` or
 ``os._exit(0)`` before the tests does not pass. The sentinel reaches the runner over a pipe and
-never appears in the program's source or command line.
+never appears in the program's source or command line. (A program written to attack the
+harness could still find it by inspecting the runner's frame; the sentinel stops accidental
+early exits from counting, not a deliberate forger.)
+
+Limits without root: the program then runs under the harness's own uid, so it could read files
+that uid can read, including ``/proc/<parent>/environ``; run evaluations as root (programs drop
+to ``nobody``) or inside a container for hostile code.
 """
 
 from __future__ import annotations

@@ -74,7 +74,12 @@ def _load_hf(spec: tuple[str, str | None, str]) -> list[dict[str, Any]]:
     import datasets
 
     name, config, split = spec
-    return [dict(r) for r in datasets.load_dataset(name, config, split=split)]
+    try:
+        ds = datasets.load_dataset(name, config, split=split)
+    except Exception as e:  # noqa: BLE001 - offline, unknown name, ...: one line for the CLI
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"could not load HF dataset {name} ({config}, {split}): {msg}") from e
+    return [dict(r) for r in ds]
 
 
 # ----------------------------------------------------------------------------- tasks
