@@ -39,16 +39,16 @@ class DemoConfig:
     sft_lr: float = 1e-3
     num_train: int = 20000
     num_test: int = 256
-    rl_steps: int = 40
+    rl_steps: int = 60
     rl_prompts: int = 16
     rl_group: int = 8
     rl_budget: int = 2
-    rl_lr: float = 2e-5
+    rl_lr: float = 1e-4
     rl_temperature: float = 1.0
 
     @classmethod
     def quick(cls, **kw) -> DemoConfig:
-        base = dict(hidden_size=64, num_layers=2, num_heads=4, sft_steps=150, sft_batch=64,
+        base = dict(hidden_size=64, num_layers=2, num_heads=4, sft_steps=900, sft_batch=128,
                     sft_lr=3e-3, num_train=4000, num_test=64, rl_steps=4, rl_prompts=8,
                     rl_group=4)
         base.update(kw)
