@@ -234,6 +234,11 @@ def test_tokenizer_round_trip_errors_and_save(tmp_path):
                                                   '"mask_id": 9}')
     with pytest.raises(ValueError, match="mask_id"):
         CharTokenizer.load(tmp_path)
+    (tmp_path / "char_tokenizer.json").write_text('{"chars": "0123"}')  # first-version file
+    assert CharTokenizer.load(tmp_path) == CharTokenizer("0123")
+    (tmp_path / "char_tokenizer.json").write_text('{"type": "Other", "chars": "0123"}')
+    with pytest.raises(ValueError, match="not a CharTokenizer"):
+        CharTokenizer.load(tmp_path)
     (tmp_path / "char_tokenizer.json").write_text("not json")
     with pytest.raises(ValueError, match="not JSON"):
         CharTokenizer.load(tmp_path)

@@ -151,8 +151,9 @@ class CharTokenizer:
             data = json.loads(p.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{p}: not JSON ({e})") from None
-        if not isinstance(data, dict) or data.get("type") != "CharTokenizer" or not isinstance(
-                data.get("chars"), str):
+        # Files from the first version of this class hold only ``chars``; accept them.
+        if not isinstance(data, dict) or data.get("type", "CharTokenizer") != "CharTokenizer" \
+                or not isinstance(data.get("chars"), str):
             raise ValueError(f"{p}: not a CharTokenizer description")
         tok = cls(data["chars"])
         for key in ("bos_id", "eos_id", "pad_id", "mask_id", "vocab_size"):
