@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from dllm_jax.train.lora import LoRAConfig
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class OptimConfig:
@@ -51,6 +53,20 @@ class CheckpointConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainConfig:
+    """One training run.
+
+    Attributes:
+      seed: drives the data order (``batch_fn``), every step's key ``fold_in(seed key, step)``
+        and LoRA's initial adapters.
+      steps: optimiser steps (each sees ``batch_size`` rows in ``optim.grad_accum``
+        micro-batches).
+      batch_size: global rows per step.
+      mesh: ``(data, fsdp, tensor)``; None puts every device on ``fsdp``.
+      log_every: metrics cadence (``metrics.jsonl``, progress bar, TensorBoard).
+      tensorboard: also write TensorBoard event files (needs ``tensorboardX``).
+      optim / checkpoint / lora: see their classes (``lora.rank: 0`` = full fine-tuning).
+    """
+
     seed: int = 0
     steps: int = 100
     batch_size: int = 32
@@ -59,8 +75,15 @@ class TrainConfig:
     tensorboard: bool = False
     optim: OptimConfig = OptimConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    lora: LoRAConfig = LoRAConfig()
 
     def __post_init__(self):
+        if self.log_every < 1:
+            raise ValueError(f"log_every must be >= 1, got {self.log_every}")
+        if self.mesh is not None:
+            if len(self.mesh) != 3:
+                raise ValueError(f"mesh must have 3 entries (data, fsdp, tensor), got {self.mesh}")
+            object.__setattr__(self, "mesh", tuple(int(x) for x in self.mesh))
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be >= 1")
         if self.batch_size % self.optim.grad_accum:

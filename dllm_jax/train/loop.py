@@ -28,10 +28,13 @@ import yaml
 from flax import nnx
 
 from dllm_jax import sharding as shd
+from dllm_jax.train import lora
 from dllm_jax.train import step as st
 from dllm_jax.train.checkpoint import Checkpointer, check_meta, key_data
 from dllm_jax.train.config import TrainConfig
 from dllm_jax.train.optim import learning_rate_schedule
+
+LORA_KEY = 0x10A  # fold_in salt for the adapters' initial key
 
 
 def to_plain(obj: Any) -> Any:
@@ -130,12 +133,22 @@ class Trainer:
         self.optimizer = st.make_optimizer(config.optim)
         self.schedule = learning_rate_schedule(config.optim)
         self.graphdef = nnx.graphdef(model)
-        self.shardings = (None if self.mesh is None
-                          else st.state_shardings(model, self.optimizer, self.mesh))
-        self.state = st.init_state(model, self.optimizer, self.shardings)
+        self.params_fn = None
+        params = p_sh = None
+        if config.lora.enabled:  # adapters train, the base is frozen (see train.lora)
+            base = nnx.to_pure_dict(nnx.state(model))
+            params = lora.train_params(base, config.lora, jax.random.fold_in(
+                jax.random.PRNGKey(config.seed), LORA_KEY))
+            self.optimizer = lora.masked_optimizer(self.optimizer, params)
+            self.params_fn = lora.params_fn(config.lora)
+            if self.mesh is not None:
+                p_sh = lora.shardings(st.param_shardings(model, self.mesh), base, config.lora)
+        self.shardings = (None if self.mesh is None else st.state_shardings(
+            model, self.optimizer, self.mesh, params=params, params_shardings=p_sh))
+        self.state = st.init_state(model, self.optimizer, self.shardings, params=params)
         self.step_fn = st.make_train_step(self.graphdef, loss_fn, self.optimizer,
                                           grad_accum=config.optim.grad_accum, mesh=self.mesh,
-                                          shardings=self.shardings)
+                                          shardings=self.shardings, params_fn=self.params_fn)
         self.base_key = jax.random.PRNGKey(config.seed)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if jax.process_index() == 0:
@@ -163,9 +176,14 @@ class Trainer:
             "step": step, "seed": self.config.seed, "data_cursor": step,
             "rng_key": key_data(self.base_key)})
 
+    def model_params(self) -> dict:
+        """The model's pure-dict parameters now (LoRA adapters merged into the base)."""
+        params = self.state["params"]
+        return params if self.params_fn is None else self.params_fn(params)
+
     @property
     def model(self) -> nnx.Module:
-        return st.model_from_state(self.graphdef, self.state)
+        return st.model_from_state(self.graphdef, self.state, self.params_fn)
 
     # ------------------------------------------------------------------ loop
     def run(self, resume: bool = False) -> dict[str, float]:

@@ -48,21 +48,63 @@ def param_shardings(model: nnx.Module, mesh: Mesh, rules: shd.ShardingRules | No
 
 
 def state_shardings(model: nnx.Module, optimizer: optax.GradientTransformation, mesh: Mesh,
-                    rules: shd.ShardingRules | None = None) -> dict:
-    """Shardings of the whole train state: optimiser moments follow their parameters."""
-    p_sh = param_shardings(model, mesh, rules)
-    params = nnx.to_pure_dict(nnx.state(model))
+                    rules: shd.ShardingRules | None = None, *, params: Any = None,
+                    params_shardings: Any = None) -> dict:
+    """Shardings of the whole train state: optimiser moments follow their parameters.
+
+    Args:
+      model: the model (concrete or from ``nnx.eval_shape``).
+      optimizer: the optax transformation whose state is sharded.
+      mesh / rules: where parameters go (logical-axis rules; FSDP over ``fsdp``).
+      params / params_shardings: a train-parameter tree other than the model's own (e.g.
+        LoRA's ``{"base", "lora"}``, arrays or ``ShapeDtypeStruct``) and its shardings.
+    """
+    if params is None:
+        p_sh = param_shardings(model, mesh, rules)
+        params = nnx.to_pure_dict(nnx.state(model))
+    else:
+        p_sh = params_shardings
     abstract_opt = jax.eval_shape(optimizer.init, params)
     replicated = NamedSharding(mesh, P())
-    opt_sh = optax.tree_map_params(optimizer, lambda _, s: s, abstract_opt, p_sh,
-                                   transform_non_params=lambda _: replicated)
-    return {"params": p_sh, "opt": opt_sh, "step": replicated}
+    return {"params": p_sh, "opt": opt_state_shardings(abstract_opt, params, p_sh, replicated),
+            "step": replicated}
+
+
+def _path_key(k: Any) -> Any:
+    for attr in ("key", "name", "idx"):
+        if hasattr(k, attr):
+            return getattr(k, attr)
+    return str(k)
+
+
+def opt_state_shardings(abstract_opt: Any, params: Any, params_shardings: Any,
+                        default: NamedSharding) -> Any:
+    """Each optimiser-state leaf whose key path ends with a parameter's path (and has its
+    shape) takes that parameter's sharding — AdamW's ``mu``/``nu`` and masked or
+    multi-transform states alike; counts, scalars and anything else get ``default``."""
+    by_path = {}
+    flat_p = jax.tree_util.tree_flatten_with_path(params)[0]
+    for (path, x), sh in zip(flat_p, jax.tree.leaves(params_shardings), strict=True):
+        by_path[tuple(_path_key(k) for k in path)] = (tuple(x.shape), sh)
+
+    def one(path, leaf):
+        keys = tuple(_path_key(k) for k in path)
+        for i in range(len(keys)):
+            hit = by_path.get(keys[i:])
+            if hit is not None and hit[0] == tuple(leaf.shape):
+                return hit[1]
+        return default
+
+    return jax.tree_util.tree_map_with_path(one, abstract_opt)
 
 
 def init_state(model: nnx.Module, optimizer: optax.GradientTransformation,
-               shardings: dict | None = None) -> dict:
+               shardings: dict | None = None, *, params: Any = None) -> dict:
+    """``{"params", "opt", "step"}`` for the model's parameters (or the given ``params``)."""
+    if params is None:
+        params = nnx.to_pure_dict(nnx.state(model))
     # Copies: the train step donates its state, which must not delete the model's own arrays.
-    params = jax.tree.map(jnp.copy, nnx.to_pure_dict(nnx.state(model)))
+    params = jax.tree.map(jnp.copy, params)
     state = {"params": params, "opt": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
     return state if shardings is None else jax.device_put(state, shardings)
 
@@ -74,16 +116,30 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn,
                     optimizer: optax.GradientTransformation, *, grad_accum: int = 1,
                     mesh: Mesh | None = None, shardings: dict | None = None,
-                    rules: shd.ShardingRules | None = None, donate: bool = True):
+                    rules: shd.ShardingRules | None = None, donate: bool = True,
+                    params_fn: Callable[[Any], Any] | None = None):
     """Builds ``step(state, batch, key) -> (state, metrics)``.
 
     The key for step ``s`` should be ``fold_in(base_key, s)`` (the trainer does this) so a
     resumed run draws the same randomness. With ``grad_accum > 1`` every batch array's leading
-    dimension is split into that many micro-batches and their gradients averaged.
+    dimension is split into that many micro-batches and their gradients averaged (equal to
+    the full-batch gradient for a loss that is a mean over equal-sized rows).
+
+    Args:
+      graphdef: the model's graph (``nnx.graphdef(model)``).
+      loss_fn: ``(model, batch, key) -> (loss, aux)``; scalar ``aux`` entries are averaged over
+        micro-batches and returned as metrics.
+      optimizer: optax transformation over the state's ``params``.
+      grad_accum: micro-batches per step (a ``lax.scan``).
+      mesh / shardings / rules: jit with these in/out shardings (``state_shardings``); batch
+        rows split over ``(data, fsdp)``. ``mesh=None``: plain single-device jit.
+      donate: donate the input state's buffers.
+      params_fn: maps the train parameters to the model's parameters (LoRA's merge);
+        default identity.
     """
 
     def loss_of(params, batch, key):
-        model = nnx.merge(graphdef, nnx.State(params))
+        model = nnx.merge(graphdef, nnx.State(params if params_fn is None else params_fn(params)))
         with shd.use_mesh(mesh, rules):
             return loss_fn(model, batch, key)
 
@@ -121,9 +177,11 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn,
                    out_shardings=(shardings, replicated), donate_argnums=(0,) if donate else ())
 
 
-def model_from_state(graphdef: nnx.GraphDef, state: dict) -> nnx.Module:
-    """The model holding the train state's parameters."""
-    return nnx.merge(graphdef, nnx.State(state["params"]))
+def model_from_state(graphdef: nnx.GraphDef, state: dict,
+                     params_fn: Callable[[Any], Any] | None = None) -> nnx.Module:
+    """The model holding the train state's parameters (merged through ``params_fn``)."""
+    params = state["params"]
+    return nnx.merge(graphdef, nnx.State(params if params_fn is None else params_fn(params)))
 
 
 def put_batch(batch: dict[str, Any], mesh: Mesh | None, *,
