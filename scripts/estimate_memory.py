@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grad-accum", type=int, default=1)
     ap.add_argument("--remat", default="full", choices=("none", "full", "dots"))
     ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    ap.add_argument("--lora-rank", type=int, default=0,
+                    help="train rank-r LoRA adapters on all projections instead (0 = full)")
     ap.add_argument("--layers", default="1,2",
                     help="'full' to compile every layer, or two layer counts to extrapolate from")
     ap.add_argument("--check", type=int, default=0,
@@ -53,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     from dllm_jax import config as mcfg
     from dllm_jax import sharding as shd
     from dllm_jax.train import memory
+    from dllm_jax.train.lora import LoRAConfig
 
     if len(jax.devices()) < max(counts):
         print(f"error: need {max(counts)} devices, JAX sees {len(jax.devices())}",
@@ -62,7 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model {args.model}: {config.num_layers} layers, {config.num_params / 1e9:.2f}B "
           f"params, dtype {args.dtype}, remat {args.remat}; AdamW moments in the parameter "
           f"dtype; micro-batch {args.micro_batch} x {args.seq_len} per device, "
-          f"grad_accum {args.grad_accum}", flush=True)
+          f"grad_accum {args.grad_accum}"
+          + (f"; LoRA rank {args.lora_rank}" if args.lora_rank else "; full fine-tuning"),
+          flush=True)
+    lora_config = LoRAConfig(rank=args.lora_rank, alpha=2.0 * max(args.lora_rank, 1))
     results = []
     for n in counts:
         mesh = shd.make_mesh((1, n, 1), devices=jax.devices()[:n])
@@ -71,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         def run(layers: int, mesh=mesh, gb=gb) -> memory.MemoryReport:
             return memory.measure(config.replace(num_layers=layers), mesh, global_batch=gb,
                                   seq_len=args.seq_len, grad_accum=args.grad_accum,
+                                  lora_config=lora_config,
                                   log=lambda s: print(s, flush=True))
 
         if args.layers == "full":
@@ -94,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"model": args.model, "dtype": args.dtype, "remat": args.remat,
+                       "lora_rank": args.lora_rank,
                        "results": results}, f, indent=2)
     return 0
 

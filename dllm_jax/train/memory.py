@@ -30,6 +30,7 @@ from jax.sharding import PartitionSpec as P
 from dllm_jax import sharding as shd
 from dllm_jax.config import ModelConfig
 from dllm_jax.model import init_model
+from dllm_jax.train import lora
 from dllm_jax.train import step as st
 from dllm_jax.train.config import OptimConfig
 
@@ -86,30 +87,43 @@ def _device_bytes(tree, shardings) -> int:
 
 
 def abstract_train_inputs(config: ModelConfig, optimizer, mesh: Mesh, global_batch: int,
-                          seq_len: int, rules: shd.ShardingRules | None = None):
-    """Abstract ``(model, shardings, state, batch, key)`` for compiling a train step.
+                          seq_len: int, rules: shd.ShardingRules | None = None,
+                          lora_config: lora.LoRAConfig | None = None):
+    """Abstract ``(model, optimizer, shardings, state, batch, key, params_fn)`` for compiling
+    a train step.
 
     Nothing is allocated: the model comes from ``nnx.eval_shape``; the state, batch
     (``tokens`` and ``response_mask`` ``[global_batch, seq_len]`` int32) and key are
-    ``jax.ShapeDtypeStruct`` with their mesh shardings attached.
+    ``jax.ShapeDtypeStruct`` with their mesh shardings attached. With an enabled
+    ``lora_config`` the parameters are ``{"base", "lora"}`` and the optimiser is masked.
     """
     model = nnx.eval_shape(lambda: init_model(config))
-    shardings = st.state_shardings(model, optimizer, mesh, rules)
-    params = nnx.to_pure_dict(nnx.state(model))
+    base = nnx.to_pure_dict(nnx.state(model))
+    params = params_sh = params_fn = None
+    if lora_config is not None and lora_config.enabled:
+        params = jax.eval_shape(lambda b: lora.train_params(b, lora_config, jax.random.PRNGKey(0)),
+                                base)
+        params_sh = lora.shardings(st.param_shardings(model, mesh, rules), base, lora_config)
+        optimizer = lora.masked_optimizer(optimizer, params)
+        params_fn = lora.params_fn(lora_config)
+    shardings = st.state_shardings(model, optimizer, mesh, rules, params=params,
+                                   params_shardings=params_sh)
     state = jax.eval_shape(lambda p: {"params": p, "opt": optimizer.init(p),
-                                      "step": jnp.zeros((), jnp.int32)}, params)
+                                      "step": jnp.zeros((), jnp.int32)},
+                           base if params is None else params)
     state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                          state, shardings)
     bsh = NamedSharding(mesh, P(("data", "fsdp")))
     tokens = jax.ShapeDtypeStruct((global_batch, seq_len), jnp.int32, sharding=bsh)
     batch = {"tokens": tokens, "response_mask": tokens}
     key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=NamedSharding(mesh, P()))
-    return model, shardings, state, batch, key
+    return model, optimizer, shardings, state, batch, key, params_fn
 
 
 def measure(config: ModelConfig, mesh: Mesh, *, global_batch: int, seq_len: int,
             grad_accum: int = 1, optim: OptimConfig | None = None,
             rules: shd.ShardingRules | None = None,
+            lora_config: lora.LoRAConfig | None = None,
             log: Callable[[str], None] = lambda _: None) -> MemoryReport:
     """Compiles the SFT train step for ``config`` on ``mesh`` and reads its memory analysis.
 
@@ -121,17 +135,18 @@ def measure(config: ModelConfig, mesh: Mesh, *, global_batch: int, seq_len: int,
       seq_len: tokens per row.
       grad_accum: micro-batches per step (scanned inside the step).
       optim: optimiser config (AdamW; its moments take the parameter dtype).
+      lora_config: train low-rank adapters only (see :mod:`dllm_jax.train.lora`).
     """
     dp = mesh.shape["data"] * mesh.shape["fsdp"]
     if global_batch % grad_accum or (global_batch // grad_accum) % dp:
         raise ValueError(f"global_batch {global_batch} must split into {grad_accum} micro-batches "
                          f"each divisible by data*fsdp = {dp}")
     optimizer = st.make_optimizer(optim or OptimConfig(lr=1e-5, total_steps=1000))
-    model, shardings, state, batch, key = abstract_train_inputs(
-        config, optimizer, mesh, global_batch, seq_len, rules)
+    model, optimizer, shardings, state, batch, key, params_fn = abstract_train_inputs(
+        config, optimizer, mesh, global_batch, seq_len, rules, lora_config)
     step_fn = st.make_train_step(nnx.graphdef(model), st.sft_objective, optimizer,
                                  grad_accum=grad_accum, mesh=mesh, shardings=shardings,
-                                 rules=rules)
+                                 rules=rules, params_fn=params_fn)
     log(f"compiling {config.num_layers}-layer step on mesh {tuple(mesh.shape.values())}, "
         f"batch {global_batch} x {seq_len} ...")
     t0 = time.perf_counter()
