@@ -73,10 +73,10 @@ def test_adapter_grads_follow_the_chain_rule(setup):
         return _det_loss(nnx.merge(graphdef, nnx.State(p)), batch, None)[0]
 
     fn = lora.params_fn(CFG)
-    g_train = jax.grad(lambda tp: loss_of_model_params(fn(tp)))(
+    g_train = jax.jit(jax.grad(lambda tp: loss_of_model_params(fn(tp))))(
         {"base": base, "lora": adapters})
     merged = lora.merge(base, adapters, CFG)
-    g_full = jax.grad(loss_of_model_params)(merged)
+    g_full = jax.jit(jax.grad(loss_of_model_params))(merged)
     # The base is frozen: its gradient is exactly zero.
     assert all(float(jnp.abs(x).max()) == 0.0 for x in jax.tree.leaves(g_train["base"]))
     for layer in range(model.config.num_layers):

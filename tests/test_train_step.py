@@ -129,3 +129,35 @@ def test_fifty_sft_steps_halve_the_loss():
         losses.append(float(m["loss"]))
     first, last = np.mean(losses[:5]), np.mean(losses[-5:])
     assert last < 0.5 * first, (first, last)
+
+
+def test_schedule_matches_formula():
+    from dllm_jax.train import learning_rate_schedule
+
+    cfg = OptimConfig(lr=2e-3, warmup_steps=10, total_steps=110, end_lr_factor=0.1)
+    sched = learning_rate_schedule(cfg)
+    for s in (0, 5, 10, 40, 110, 200):
+        if s < 10:
+            want = 2e-3 * s / 10
+        else:
+            frac = min((s - 10) / 100, 1.0)
+            want = 2e-4 + (2e-3 - 2e-4) * 0.5 * (1 + np.cos(np.pi * frac))
+        np.testing.assert_allclose(float(sched(s)), want, rtol=1e-5, atol=1e-9)
+    const = learning_rate_schedule(OptimConfig(lr=1e-3, schedule="constant", warmup_steps=4))
+    assert float(const(2)) == pytest.approx(5e-4) and float(const(50)) == pytest.approx(1e-3)
+
+
+def test_bad_configs_and_batches_raise():
+    from dllm_jax.train import TrainConfig
+
+    with pytest.raises(ValueError, match="lr"):
+        OptimConfig(lr=0.0)
+    with pytest.raises(ValueError, match="schedule"):
+        OptimConfig(schedule="linear")
+    with pytest.raises(ValueError, match="grad_accum"):
+        TrainConfig(batch_size=6, optim=OptimConfig(grad_accum=4))
+    with pytest.raises(ValueError, match="mesh"):
+        TrainConfig(mesh=(2, 4))
+    assert TrainConfig(mesh=[1, 8, 1]).mesh == (1, 8, 1)
+    with pytest.raises(ValueError, match="not divisible"):
+        st.put_batch(_batch(n=6), shd.make_mesh((1, 4, 2)))
