@@ -161,3 +161,22 @@ def test_bad_configs_and_batches_raise():
     assert TrainConfig(mesh=[1, 8, 1]).mesh == (1, 8, 1)
     with pytest.raises(ValueError, match="not divisible"):
         st.put_batch(_batch(n=6), shd.make_mesh((1, 4, 2)))
+
+
+def test_trainer_writes_config_and_refuses_missing_tensorboard(tmp_path):
+    import importlib.util
+
+    import yaml
+
+    from dllm_jax.train import TrainConfig, Trainer
+
+    cfg = TrainConfig(seed=7, steps=2, batch_size=8, log_every=1)
+    Trainer(cfg, _model(), st.sft_objective, lambda s: _batch(), tmp_path, mesh=None,
+            extra_config={"note": "x"})
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert saved["train"]["seed"] == 7 and saved["train"]["optim"]["lr"] == cfg.optim.lr
+    assert saved["note"] == "x"
+    if importlib.util.find_spec("tensorboardX") is None:
+        with pytest.raises(ValueError, match="tensorboardX"):
+            Trainer(TrainConfig(steps=2, batch_size=8, tensorboard=True), _model(),
+                    st.sft_objective, lambda s: _batch(), tmp_path / "tb", mesh=None)
