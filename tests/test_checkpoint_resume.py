@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
 STEPS = 24
@@ -170,3 +171,43 @@ def test_unfinalised_checkpoints_are_skipped(tmp_path):
 
 if __name__ == "__main__":
     _child(sys.argv[1], "--resume" in sys.argv[2:])
+
+
+def test_extra_state_is_checkpointed(tmp_path):
+    import jax.numpy as jnp
+
+    from dllm_jax.testing import tiny_model
+    from dllm_jax.train import CheckpointConfig, OptimConfig, TrainConfig, Trainer, sft_objective
+
+    cfg = TrainConfig(steps=4, batch_size=4, log_every=2,
+                      optim=OptimConfig(lr=1e-2, total_steps=4),
+                      checkpoint=CheckpointConfig(every=2, keep=1))
+
+    def batch_fn(step):
+        rng = np.random.default_rng(step)
+        return {"tokens": rng.integers(2, 60, (4, 8)).astype(np.int32),
+                "response_mask": np.ones((4, 8), np.int32)}
+
+    box = {"ref": jnp.zeros((3,)), "host": np.zeros((2, 2), np.float32)}
+
+    def get():
+        return box
+
+    def put(tree):
+        box.update(tree)
+
+    first = Trainer(cfg, tiny_model("llada", seed=0), sft_objective, batch_fn, tmp_path,
+                    progress=False, mesh=None)
+    first.register_checkpoint_extra(get, put)
+    box["ref"], box["host"] = jnp.arange(3.0), np.full((2, 2), 7.0, np.float32)
+    first.run()
+    final = jax.device_get(first.state["params"])
+    box["ref"], box["host"] = jnp.zeros((3,)), np.zeros((2, 2), np.float32)
+    again = Trainer(cfg, tiny_model("llada", seed=1), sft_objective, batch_fn, tmp_path,
+                    progress=False, mesh=None)
+    again.register_checkpoint_extra(get, put)
+    assert again.restore_latest() == 4
+    np.testing.assert_array_equal(np.asarray(box["ref"]), np.arange(3.0))
+    np.testing.assert_array_equal(np.asarray(box["host"]), np.full((2, 2), 7.0))
+    for a, b in zip(jax.tree.leaves(again.state["params"]), jax.tree.leaves(final), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), b)

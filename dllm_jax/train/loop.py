@@ -157,6 +157,18 @@ class Trainer:
         self.checkpointer = Checkpointer(self.out_dir / "checkpoints",
                                          keep=config.checkpoint.keep)
         self.metrics = MetricsWriter(self.out_dir, config.tensorboard)
+        self._extra: tuple[Callable[[], Any], Callable[[Any], None]] | None = None
+
+    def register_checkpoint_extra(self, get: Callable[[], Any],
+                                  set: Callable[[Any], None]) -> None:  # noqa: A002
+        """Checkpoints more state with the train state (e.g. RL's reference parameters).
+
+        Args:
+          get: returns a pytree of arrays, with the same structure and shapes every time (it is
+            also the template a restore fills, so no ``None`` placeholders).
+          set: receives the restored pytree when a run resumes.
+        """
+        self._extra = (get, set)
 
     # ------------------------------------------------------------------ checkpoints
     def restore_latest(self) -> int:
@@ -165,14 +177,21 @@ class Trainer:
         latest = self.checkpointer.latest_step()
         if latest is None:
             return 0
-        state, meta = self.checkpointer.restore(latest, self.state)
+        state, meta = self.checkpointer.restore(latest, self._saved_tree())
         check_meta(meta, seed=self.config.seed, rng_key=self.base_key)
+        if self._extra is not None:
+            self._extra[1](state.pop("extra"))
         self.state = state
         return int(meta["data_cursor"])
 
+    def _saved_tree(self) -> dict:
+        if self._extra is None:
+            return self.state
+        return {**self.state, "extra": self._extra[0]()}
+
     def save(self, step: int) -> None:
         """Checkpoints the state after ``step`` steps (asynchronously; see ``Checkpointer``)."""
-        self.checkpointer.save(step, self.state, {
+        self.checkpointer.save(step, self._saved_tree(), {
             "step": step, "seed": self.config.seed, "data_cursor": step,
             "rng_key": key_data(self.base_key)})
 
