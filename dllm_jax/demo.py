@@ -34,9 +34,11 @@ class DemoConfig:
     hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
-    sft_steps: int = 600
+    sft_steps: int = 1500  # at most; SFT stops once validation accuracy reaches the target
     sft_batch: int = 256
     sft_lr: float = 1e-3
+    sft_target_accuracy: float = 0.3  # stop early so there is room for RL to show gains
+    sft_check_every: int = 100
     num_train: int = 20000
     num_test: int = 256
     rl_steps: int = 60
@@ -48,7 +50,7 @@ class DemoConfig:
 
     @classmethod
     def quick(cls, **kw) -> DemoConfig:
-        base = dict(hidden_size=64, num_layers=2, num_heads=4, sft_steps=900, sft_batch=128,
+        base = dict(hidden_size=64, num_layers=2, num_heads=4, sft_steps=1200, sft_batch=128,
                     sft_lr=3e-3, num_train=4000, num_test=64, rl_steps=4, rl_prompts=8,
                     rl_group=4)
         base.update(kw)
@@ -75,6 +77,17 @@ class TaskData:
         self.train_prompt, self.train_answer = tr["prompt_BP"], tr["answer_BA"]
         self.test_prompt, self.test_answer = te["prompt_BP"], te["answer_BA"]
         self.p_len, self.a_len = self.train_prompt.shape[1], self.train_answer.shape[1]
+
+    def validation(self, seed: int, n: int) -> TaskData:
+        """Train-pool puzzles drawn with another seed (the held-out test set stays unseen)."""
+        val = object.__new__(TaskData)
+        val.task, val.tok, val.p_len, val.a_len = self.task, self.tok, self.p_len, self.a_len
+        val.test = self.task.generate(seed + 1000, n, split="train")
+        from dllm_jax.tasks import encode_examples
+
+        enc = encode_examples(self.tok, val.test, answer_length=self.a_len)
+        val.test_prompt, val.test_answer = enc["prompt_BP"], enc["answer_BA"]
+        return val
 
     def sft_batch_fn(self, batch: int, seed: int):
         n = len(self.train)
@@ -119,6 +132,8 @@ def _train_config(steps: int, batch: int, lr: float, seed: int, schedule: str, e
 
 
 def run_sft(cfg: DemoConfig, data: TaskData, out: Path):
+    """SFT in chunks of ``sft_check_every`` steps until the validation accuracy (train-pool
+    puzzles drawn with another seed, greedy low-confidence decoding) reaches the target."""
     from dllm_jax.model import init_model
     from dllm_jax.tasks import model_config
     from dllm_jax.train import Trainer, sft_objective
@@ -126,16 +141,27 @@ def run_sft(cfg: DemoConfig, data: TaskData, out: Path):
     mcfg = model_config(data.tok, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
                         num_heads=cfg.num_heads)
     model = init_model(mcfg, seed=cfg.seed)
-    tcfg = _train_config(cfg.sft_steps, cfg.sft_batch, cfg.sft_lr, cfg.seed, "cosine",
-                         every=max(cfg.sft_steps // 2, 1))
+    tcfg = _train_config(cfg.sft_steps, cfg.sft_batch, cfg.sft_lr, cfg.seed, "constant",
+                         every=cfg.sft_check_every)
     trainer = Trainer(tcfg, model, sft_objective, data.sft_batch_fn(cfg.sft_batch, cfg.seed),
                       out, mesh=None, extra_config={"demo": dataclasses.asdict(cfg),
                                                     "model": mcfg.to_dict()})
+    val = data.validation(cfg.seed, 256)
     t0 = time.perf_counter()
-    last = trainer.run()
-    _log(f"SFT: {cfg.sft_steps} steps in {time.perf_counter() - t0:.0f}s, "
-         f"final loss {last.get('loss', float('nan')):.4f}")
-    return trainer.model
+    done, acc = 0, 0.0
+    while done < cfg.sft_steps:
+        done = min(done + cfg.sft_check_every, cfg.sft_steps)
+        trainer.config = dataclasses.replace(tcfg, steps=done)
+        last = trainer.run(resume=done > cfg.sft_check_every)
+        acc = evaluate(trainer.model, val, "low_confidence", seed=cfg.seed)[0]
+        _log(f"SFT step {done}: loss {last.get('loss', float('nan')):.4f}, validation "
+             f"accuracy {acc:.3f} ({time.perf_counter() - t0:.0f}s)")
+        if acc >= cfg.sft_target_accuracy:
+            break
+    trainer.config = tcfg
+    _log(f"SFT stopped after {done} steps ({time.perf_counter() - t0:.0f}s), validation "
+         f"accuracy {acc:.3f} (target {cfg.sft_target_accuracy})")
+    return trainer.model, done
 
 
 def run_rl(cfg: DemoConfig, data: TaskData, sft_model, out: Path, method: str):
@@ -189,13 +215,13 @@ def run_demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     _log(f"task {cfg.task}: {len(data.train)} train / {len(data.test)} held-out examples, "
          f"prompt {data.p_len} + answer {data.a_len} tokens; e.g. "
          f"{data.test[0].prompt!r} -> {data.test[0].answer!r}")
-    model = run_sft(cfg, data, out / "sft")
+    model, sft_steps = run_sft(cfg, data, out / "sft")
     model_dir = out / "sft" / "model"
     if not model_dir.exists():
         save_checkpoint(model, model_dir)
         data.tok.save(model_dir)
     results: dict[str, Any] = {"task": cfg.task, "seed": cfg.seed,
-                               "config": dataclasses.asdict(cfg),
+                               "config": dataclasses.asdict(cfg), "sft_steps": sft_steps,
                                "accuracy": {}}
     acc, correct, traj = evaluate(model, data, "low_confidence", record=True, seed=cfg.seed)
     results["accuracy"]["sft"] = {"low_confidence": acc,
@@ -225,7 +251,9 @@ def run_demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
 def report_markdown(res: dict[str, Any]) -> str:
     cfg = res["config"]
     lines = [f"# dllm-jax demo: {res['task']}", "",
-             f"Seed {res['seed']}; {res['seconds']:.0f} s on {res['machine']}. Held-out "
+             f"Seed {res['seed']}; {res['seconds']:.0f} s on {res['machine']}. SFT stopped after "
+             f"{res['sft_steps']} steps (validation accuracy target "
+             f"{cfg['sft_target_accuracy']}). Held-out "
              f"accuracy (exact answer) over {cfg['num_test']} puzzles, greedy decoding, one "
              "token per step.", "",
              "| method | low_confidence | random |", "|---|---|---|"]

@@ -183,8 +183,12 @@ def run_rl(prog: RLProgram, resume: bool = False, progress: bool = True) -> Path
     from dllm_jax.rl import RolloutBatcher, make_rl_loss
     from dllm_jax.train import Trainer
 
-    model, data, tok = _model_and_data(prog.model, prog.data, prog.train.seed)
     rl = prog.rl
+    if prog.train.checkpoint.every % rl.inner_iterations:
+        raise ConfigError(f"train.checkpoint.every ({prog.train.checkpoint.every}) must be a "
+                          f"multiple of rl.inner_iterations ({rl.inner_iterations}) so a resumed "
+                          "run re-creates the same rollouts")
+    model, data, tok = _model_and_data(prog.model, prog.data, prog.train.seed)
     if rl.sampler.gen_length != data.a_len and prog.data.task is not None:
         rl = dataclasses.replace(rl, sampler=dataclasses.replace(
             rl.sampler, gen_length=data.a_len, block_length=data.a_len, steps=data.a_len),

@@ -106,7 +106,16 @@ class RolloutBatcher:
         self._cache: dict[int, dict] = {}
 
     def attach(self, trainer) -> RolloutBatcher:
+        """Binds the trainer whose current parameters roll out; with ``beta > 0`` the frozen
+        reference parameters are checkpointed with the train state, so resume is exact."""
         self.trainer = trainer
+        if self.cfg.beta > 0:
+            self.ref_params = jax.tree.map(jnp.copy, trainer.model_params())
+
+            def set_ref(tree):
+                self.ref_params = tree
+
+            trainer.register_checkpoint_extra(lambda: self.ref_params, set_ref)
         return self
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
@@ -119,9 +128,8 @@ class RolloutBatcher:
     def _build(self, rl_step: int) -> dict[str, np.ndarray]:
         cfg = self.cfg
         model = self.trainer.model
-        if cfg.beta > 0 and (self.ref_params is None or (
-                cfg.ref_sync_every and rl_step % cfg.ref_sync_every == 0)):
-            self.ref_params = jax.tree.map(jnp.copy, self.trainer.state["params"])
+        if cfg.beta > 0 and cfg.ref_sync_every and rl_step and rl_step % cfg.ref_sync_every == 0:
+            self.ref_params = jax.tree.map(jnp.copy, self.trainer.model_params())
         prompts = np.asarray(self.prompt_fn(rl_step), np.int32)
         p_len = prompts.shape[1]
         rollout_prompts = np.repeat(prompts, cfg.group_size, axis=0)
@@ -133,7 +141,7 @@ class RolloutBatcher:
         adv = np.asarray(obj.group_advantages(jnp.asarray(rewards), cfg.group_size,
                                               cfg.advantage))
         graphdef = nnx.graphdef(model)
-        params = self.trainer.state["params"]
+        params = self.trainer.model_params()
         ref = self.ref_params if cfg.beta > 0 else None
         batch = _states(graphdef, params, ref, jnp.asarray(seqs), out.trajectory,
                         jnp.asarray(adv), jnp.asarray(rewards), jax.random.fold_in(key, 1),

@@ -47,7 +47,7 @@ def main() -> None:
     else:
         cfg = (DemoConfig.quick if args.quick else DemoConfig)(task=args.task, seed=args.seed)
         print("no --model: training one with the demo's SFT settings", flush=True)
-        model = run_sft(cfg, data, out / "sft")
+        model, _ = run_sft(cfg, data, out / "sft")
     a = data.a_len
     samplers = {
         "random": LLaDAConfig(steps=a, gen_length=a, block_length=a, temperature=1.0,

@@ -166,3 +166,12 @@ def test_train_cli_sft_then_rl(tmp_path, capsys):
     assert len(lines) == 2 and "reward" in json.loads(lines[-1])
     assert main(["train", "sft", "--set", "trian.steps=1"]) == 2
     assert "unknown config key 'trian'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["sft_addition", "rl_atpo_addition", "rl_agdo_addition"])
+def test_shipped_configs_load(name):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
+    prog = load_config(SFTProgram if name.startswith("sft") else RLProgram, path)
+    assert prog.data.task == "addition"
