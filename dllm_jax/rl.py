@@ -127,7 +127,8 @@ class RolloutBatcher:
 
     def _build(self, rl_step: int) -> dict[str, np.ndarray]:
         cfg = self.cfg
-        model = self.trainer.model
+        params = host_local(self.trainer.model_params())
+        model = nnx.merge(self.trainer.graphdef, nnx.State(params))
         if cfg.beta > 0 and cfg.ref_sync_every and rl_step and rl_step % cfg.ref_sync_every == 0:
             self.ref_params = jax.tree.map(jnp.copy, self.trainer.model_params())
         prompts = np.asarray(self.prompt_fn(rl_step), np.int32)
@@ -141,12 +142,22 @@ class RolloutBatcher:
         adv = np.asarray(obj.group_advantages(jnp.asarray(rewards), cfg.group_size,
                                               cfg.advantage))
         graphdef = nnx.graphdef(model)
-        params = self.trainer.model_params()
-        ref = self.ref_params if cfg.beta > 0 else None
+        ref = host_local(self.ref_params) if cfg.beta > 0 else None
         batch = _states(graphdef, params, ref, jnp.asarray(seqs), out.trajectory,
                         jnp.asarray(adv), jnp.asarray(rewards), jax.random.fold_in(key, 1),
                         cfg=cfg, p_len=p_len)
         return jax.device_get(batch)
+
+
+def host_local(tree):
+    """The full parameters on this host. With several processes the rollouts run on a
+    host-local replica (identical on every host: same parameters, same keys), and the global
+    batch they produce is split across hosts by the train step's batch sharding."""
+    if jax.process_count() == 1:
+        return tree
+    from jax.experimental import multihost_utils
+
+    return jax.tree.map(jnp.asarray, multihost_utils.process_allgather(tree, tiled=True))
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -1,6 +1,6 @@
 """Two JAX processes on CPU (gloo collectives, 127.0.0.1 coordinator, 2 devices each) run a
-few sharded SFT steps through the Trainer and end with the same parameters as one process with 4
-devices.
+few sharded SFT steps and then a few RL steps through the Trainer and end with the same
+parameters as one process with 4 devices.
 
 This file is also the child script: ``python tests/test_multiprocess.py OUT NPROC PID PORT``.
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 STEPS = 4
+RL_STEPS = 2
 ROWS = 8
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,6 +80,32 @@ def _child(out: str, nproc: int, pid: int, port: int) -> None:
         np.savez(Path(out) / "final.npz",
                  **{jax.tree_util.keystr(k): np.asarray(v) for k, v in flat})
     trainer.checkpointer.close()
+    # RL from the SFT model: rollouts on a host-local replica, the sharded update over hosts.
+    from dllm_jax.rl import RLConfig, RolloutBatcher, make_rl_loss
+    from dllm_jax.sampling import LLaDAConfig
+
+    rcfg = RLConfig(prompts_per_step=2, group_size=4, budget=2, selector="atpo",
+                    sampler=LLaDAConfig(steps=4, gen_length=4, block_length=4, temperature=1.0))
+    batcher = RolloutBatcher(rcfg, lambda s: np.random.default_rng([5, s]).integers(2, 60, (2, 4)),
+                             lambda s, c: (c == 7).mean(1) + (c == 9).mean(1), seed=3)
+    rl_cfg = TrainConfig(seed=2, steps=RL_STEPS, batch_size=1, mesh=(1, 4, 1), log_every=1,
+                         # eps 1e-4: Adam's first updates are ~lr * g / (|g| + eps); with the
+                         # default 1e-8, float reduction-order noise on near-zero gradients
+                         # (unused embedding rows) becomes lr-sized, so exact comparison needs
+                         # a well-conditioned denominator.
+                         optim=OptimConfig(lr=1e-2, total_steps=RL_STEPS, schedule="constant",
+                                           eps=1e-4),
+                         checkpoint=CheckpointConfig(every=RL_STEPS, keep=1))
+    rl = Trainer(rl_cfg, trainer.model, make_rl_loss(rcfg, 8), batcher, Path(out) / "rl",
+                 progress=False)
+    batcher.attach(rl)
+    rl.run()
+    params = multihost_utils.process_allgather(nnx.to_pure_dict(nnx.state(rl.model)), tiled=True)
+    if i == 0:
+        flat = jax.tree_util.tree_flatten_with_path(params)[0]
+        np.savez(Path(out) / "final_rl.npz",
+                 **{jax.tree_util.keystr(k): np.asarray(v) for k, v in flat})
+    rl.checkpointer.close()
 
 
 def _free_port() -> int:
@@ -110,6 +137,15 @@ def test_two_processes_equal_one_process(tmp_path):
     assert multi.keys() == single.keys() and len(multi) > 5
     for k in multi:
         np.testing.assert_allclose(multi[k], single[k], rtol=0, atol=1e-6, err_msg=k)
+    with np.load(tmp_path / "multi" / "final_rl.npz") as f, \
+            np.load(tmp_path / "single" / "final_rl.npz") as g, \
+            np.load(tmp_path / "single" / "final.npz") as h:
+        moved = 0.0
+        for k in f.files:
+            np.testing.assert_allclose(f[k], g[k], rtol=0, atol=1e-6, err_msg=f"rl {k}")
+            moved = max(moved, float(np.abs(g[k] - h[k]).max()))
+        assert moved > 0  # the RL steps really changed the parameters
+    assert len((tmp_path / "multi" / "rl" / "metrics.jsonl").read_text().splitlines()) == RL_STEPS
     # Both ran and checkpointed every step's worth of work.
     assert (tmp_path / "multi" / "checkpoints" / str(STEPS)).is_dir()
     assert len((tmp_path / "multi" / "metrics.jsonl").read_text().splitlines()) == STEPS

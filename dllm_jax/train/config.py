@@ -22,6 +22,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     b1: float = 0.9
     b2: float = 0.99
+    eps: float = 1e-8  # AdamW's denominator epsilon
     clip_norm: float | None = 1.0
     grad_accum: int = 1
 

@@ -28,6 +28,6 @@ def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
     bf16 moments; the moments are sharded like the parameters by ``state_shardings``.
     """
     parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm else []
-    parts.append(optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2,
+    parts.append(optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                              weight_decay=cfg.weight_decay))
     return optax.chain(*parts)
