@@ -108,3 +108,17 @@ def test_generate_cli_bad_input_one_line(ckpt, capsys, argv, msg):
 def test_generate_cli_missing_model(capsys, tmp_path):
     assert main(["generate", "--model", str(tmp_path / "nope"), "--prompt-ids", "1"]) == 2
     assert "is not a directory" in capsys.readouterr().err
+
+
+def test_generate_cli_with_text_prompt_and_saved_tokenizer(ckpt, capsys, tmp_path):
+    from dllm_jax.tasks import CharTokenizer
+
+    tok_dir = tmp_path / "tok"
+    CharTokenizer().save(tok_dir)
+    rc = main(["generate", "--model", str(ckpt), "--prompt", "12+34=", "--prompt", "7+8=",
+               "--tokenizer", str(tok_dir), "--gen-length", "4", "--steps", "4",
+               "--block-length", "4", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["text"]) == 2 and all(isinstance(t, str) for t in out["text"])
+    assert len(out["sequences"][0]) == 6 + 4  # the longer prompt, left-padded batch
