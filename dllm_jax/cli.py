@@ -56,13 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_convert_parser(subparsers)
     for module, fn in _PLUGINS:
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:  # TODO(lead): strict once every plugin has landed
-            if not module.startswith(str(e.name)):
-                raise
-            continue
-        getattr(mod, fn)(subparsers)
+        getattr(importlib.import_module(module), fn)(subparsers)
     return parser
 
 

@@ -122,3 +122,10 @@ def test_generate_cli_with_text_prompt_and_saved_tokenizer(ckpt, capsys, tmp_pat
     out = json.loads(capsys.readouterr().out)
     assert len(out["text"]) == 2 and all(isinstance(t, str) for t in out["text"])
     assert len(out["sequences"][0]) == 6 + 4  # the longer prompt, left-padded batch
+
+
+def test_cli_lists_every_command():
+    from dllm_jax.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert set(sub.choices) == {"convert", "generate", "trajectory", "eval", "train", "demo"}
