@@ -45,3 +45,18 @@ def tiny_dream():
     from dllm_jax.testing import tiny_model
 
     return tiny_model("dream", seed=1)
+
+
+@pytest.fixture(scope="session")
+def sharp_llada():
+    """A tiny LLaDA model with peaked, context-dependent predictions (sampler tests)."""
+    from dllm_jax.testing import sharpened, tiny_model
+
+    return sharpened(tiny_model("llada", seed=2))
+
+
+@pytest.fixture(scope="session")
+def sharp_dream():
+    from dllm_jax.testing import sharpened, tiny_model
+
+    return sharpened(tiny_model("dream", seed=1), factor=10.0)

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from dllm_jax.sampling import IMHConfig, LLaDAConfig, generate
-from dllm_jax.testing import sharpened, tiny_config, tiny_model
+from dllm_jax.testing import tiny_config
 
 V, MASK, P, G = 8, 7, 2, 2
 
@@ -104,8 +104,8 @@ def test_low_confidence_has_lower_output_entropy_than_random(toy):
     assert h_low < h_rand - 0.05
 
 
-def test_imh_on_a_real_model_runs_blockwise():
-    model = sharpened(tiny_model("llada", seed=2))
+def test_imh_on_a_real_model_runs_blockwise(sharp_llada):
+    model = sharp_llada
     cfg = IMHConfig(alpha=4.0, num_candidates=3, gen_length=8, block_length=4, steps=4)
     out = generate(model, [[3, 4, 5]], config=cfg, key=0, record=True)
     assert out.sequences.shape == (1, 11) and not (np.asarray(out.sequences) == 63).any()

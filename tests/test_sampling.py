@@ -9,20 +9,9 @@ from dllm_jax.config import ConfigError
 from dllm_jax.model import denoise_step
 from dllm_jax.sampling import DreamConfig, LLaDAConfig, generate
 from dllm_jax.sampling.core import _sample, propose, row_step_keys, select, strip_after_eos
-from dllm_jax.testing import sharpened, tiny_model
 
 MASK = 63
 PROMPT = np.array([[3, 17, 22, 9, 41], [12, 5, 30, 2, 8]], np.int32)
-
-
-@pytest.fixture(scope="module")
-def llada():
-    return sharpened(tiny_model("llada", seed=2))
-
-
-@pytest.fixture(scope="module")
-def dream():
-    return sharpened(tiny_model("dream", seed=1), factor=10.0)
 
 
 def python_loop(model, prompt, config, key):
@@ -65,26 +54,27 @@ LLADA_CASES = [
 
 
 @pytest.mark.parametrize("kw", LLADA_CASES, ids=lambda kw: "-".join(map(str, kw.values())))
-def test_scan_equals_python_loop_llada(llada, kw):
+def test_scan_equals_python_loop_llada(sharp_llada, kw):
     cfg = LLaDAConfig(steps=8, gen_length=8, block_length=4, **kw)
     key = jax.random.PRNGKey(7)
-    out = generate(llada, PROMPT, config=cfg, key=key)
-    np.testing.assert_array_equal(np.asarray(out.sequences), python_loop(llada, PROMPT, cfg, key))
+    out = generate(sharp_llada, PROMPT, config=cfg, key=key)
+    np.testing.assert_array_equal(np.asarray(out.sequences),
+                                  python_loop(sharp_llada, PROMPT, cfg, key))
 
 
 @pytest.mark.parametrize("alg", ["origin", "maskgit_plus", "entropy"])
-def test_scan_equals_python_loop_dream(dream, alg):
+def test_scan_equals_python_loop_dream(sharp_dream, alg):
     cfg = DreamConfig(steps=6, max_new_tokens=6, alg=alg, temperature=0.7, top_p=0.95)
     key = jax.random.PRNGKey(3)
-    out = generate(dream, PROMPT[:, :4], config=cfg, key=key)
+    out = generate(sharp_dream, PROMPT[:, :4], config=cfg, key=key)
     np.testing.assert_array_equal(np.asarray(out.sequences),
-                                  python_loop(dream, PROMPT[:, :4], cfg, key))
+                                  python_loop(sharp_dream, PROMPT[:, :4], cfg, key))
 
 
-def test_schedule_invariants(llada):
+def test_schedule_invariants(sharp_llada):
     cfg = LLaDAConfig(steps=9, gen_length=12, block_length=4, temperature=1.0,
                       remasking="random")
-    out = generate(llada, PROMPT, config=cfg, key=11, record=True)
+    out = generate(sharp_llada, PROMPT, config=cfg, key=11, record=True)
     seqs, traj = np.asarray(out.sequences), out.trajectory
     smap = np.asarray(traj.step_map)
     # LLaDA's schedule for 4 masked tokens over 3 steps: 2, 1, 1 in every block.
@@ -99,11 +89,11 @@ def test_schedule_invariants(llada):
     assert ((conf > 0) & (conf <= 1)).all()
 
 
-def test_each_position_committed_exactly_once(llada):
+def test_each_position_committed_exactly_once(sharp_llada):
     """A position is written once and then frozen: per-step commit counts equal the number of
     positions whose step map names that step (a rewrite would be counted twice)."""
     cfg = LLaDAConfig(steps=8, gen_length=8, block_length=4, temperature=0.9, threshold=0.5)
-    out = generate(llada, PROMPT, config=cfg, key=5, record=True)
+    out = generate(sharp_llada, PROMPT, config=cfg, key=5, record=True)
     smap = np.asarray(out.trajectory.step_map)
     ncom = np.asarray(out.trajectory.num_committed)
     for row in range(2):
@@ -111,32 +101,32 @@ def test_each_position_committed_exactly_once(llada):
     assert (ncom.sum(1) == 8).all() and not (np.asarray(out.sequences) == MASK).any()
 
 
-def test_row_independent_of_batch_and_padding(llada):
+def test_row_independent_of_batch_and_padding(sharp_llada):
     cfg = LLaDAConfig(steps=8, gen_length=8, block_length=4, temperature=0.7)
-    alone = np.asarray(generate(llada, [[7, 8, 9]], config=cfg, key=3).sequences)
-    batch = np.asarray(generate(llada, [[7, 8, 9], [1, 2, 3, 4, 5, 6, 10]], config=cfg,
+    alone = np.asarray(generate(sharp_llada, [[7, 8, 9]], config=cfg, key=3).sequences)
+    batch = np.asarray(generate(sharp_llada, [[7, 8, 9], [1, 2, 3, 4, 5, 6, 10]], config=cfg,
                                 key=3).sequences)
     np.testing.assert_array_equal(batch[0, 4:], alone[0])  # row 0 left-padded by 4
     assert batch[0, :4].tolist() == [1, 1, 1, 1]
 
 
-def test_compiles_once_per_shape_and_config(llada):
+def test_compiles_once_per_shape_and_config(sharp_llada):
     cfg = LLaDAConfig(steps=4, gen_length=8, block_length=4, temperature=0.5)
-    generate(llada, PROMPT, config=cfg, key=0)
+    generate(sharp_llada, PROMPT, config=cfg, key=0)
     before = _sample._cache_size()
     rng = np.random.default_rng(0)
     for seed in range(3):
-        generate(llada, rng.integers(0, 60, PROMPT.shape), config=cfg, key=seed)
+        generate(sharp_llada, rng.integers(0, 60, PROMPT.shape), config=cfg, key=seed)
     assert _sample._cache_size() == before
 
 
-def test_eos_and_mask_handling(llada):
+def test_eos_and_mask_handling(sharp_llada):
     seq = jnp.asarray([[5, 6, 9, 1, 9, 1, 9]])
     np.testing.assert_array_equal(np.asarray(strip_after_eos(seq, 2, 1, 0)),
                                   [[5, 6, 9, 1, 0, 0, 0]])
     # Forbid everything but MASK and EOS through the logits: MASK is still never produced.
     cfg = LLaDAConfig(steps=4, gen_length=4, block_length=4, logits_eos_inf=True)
-    out = np.asarray(generate(llada, PROMPT, config=cfg, key=0).sequences)
+    out = np.asarray(generate(sharp_llada, PROMPT, config=cfg, key=0).sequences)
     assert not (out == MASK).any() and not (out[:, 5:] == 1).any()
 
 

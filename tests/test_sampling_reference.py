@@ -12,19 +12,8 @@ import torch
 from dllm_jax.model import denoise_step
 from dllm_jax.sampling import DreamConfig, LLaDAConfig, generate
 from dllm_jax.sampling.config import torch_linspace_f32
-from dllm_jax.testing import sharpened, tiny_model
 
 MASK = 63
-
-
-@pytest.fixture(scope="module")
-def llada():
-    return sharpened(tiny_model("llada", seed=2))
-
-
-@pytest.fixture(scope="module")
-def dream():
-    return sharpened(tiny_model("dream", seed=1), factor=10.0)
 
 
 def _softmax(z):
@@ -145,20 +134,20 @@ def test_torch_linspace_emulation_is_bit_exact():
     dict(steps=8, gen_length=16, block_length=8, cfg_scale=1.5),
     dict(steps=16, gen_length=16, block_length=16, logits_eos_inf=True),
 ])
-def test_llada_matches_reference_at_temperature_zero(llada, kw):
+def test_llada_matches_reference_at_temperature_zero(sharp_llada, kw):
     prompt = np.array([[3, 17, 22, 9, 41], [12, 5, 30, 2, 8]], np.int64)
-    ref = llada_reference(llada, prompt, **kw)
-    out = generate(llada, prompt, config=LLaDAConfig(**kw), key=0)
+    ref = llada_reference(sharp_llada, prompt, **kw)
+    out = generate(sharp_llada, prompt, config=LLaDAConfig(**kw), key=0)
     np.testing.assert_array_equal(np.asarray(out.sequences), _strip(ref, prompt.shape[1]))
     assert len(set(ref[:, 5:].ravel().tolist())) > 3  # the test model is not degenerate
 
 
 @pytest.mark.parametrize("alg,top_p", [("maskgit_plus", None), ("topk_margin", None),
                                        ("entropy", None), ("maskgit_plus", 0.9)])
-def test_dream_matches_reference_at_temperature_zero(dream, alg, top_p):
+def test_dream_matches_reference_at_temperature_zero(sharp_dream, alg, top_p):
     prompt = np.array([[3, 17, 22, 9]], np.int64)
-    ref = dream_reference(dream, prompt, steps=12, max_new_tokens=12, alg=alg, top_p=top_p)
-    out = generate(dream, prompt, config=DreamConfig(steps=12, max_new_tokens=12, alg=alg,
+    ref = dream_reference(sharp_dream, prompt, steps=12, max_new_tokens=12, alg=alg, top_p=top_p)
+    out = generate(sharp_dream, prompt, config=DreamConfig(steps=12, max_new_tokens=12, alg=alg,
                                                      top_p=top_p), key=0)
     np.testing.assert_array_equal(np.asarray(out.sequences), _strip(ref, 4))
     assert len(set(ref[:, 4:].ravel().tolist())) > 3
