@@ -34,6 +34,15 @@ def shared_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def data_dir(shared_dir: Path) -> Path:
+    """``../shared/data`` (the real benchmark files); skips cleanly when absent."""
+    d = shared_dir / "data"
+    if not d.is_dir():
+        pytest.skip("../shared/data is not present")
+    return d
+
+
+@pytest.fixture(scope="session")
 def tiny_llada():
     from dllm_jax.testing import tiny_model
 

@@ -12,14 +12,6 @@ from dllm_jax.eval.tasks import get_task
 from dllm_jax.metrics import pass_at_k
 
 
-@pytest.fixture(scope="module")
-def data_dir(shared_dir):
-    d = shared_dir / "data"
-    if not d.is_dir():
-        pytest.skip("../shared/data is not present")
-    return d
-
-
 def _write(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

@@ -17,14 +17,6 @@ CODE_SUBSET = 20
 SHUFFLED_BOUND = 0.03  # measured: gsm8k 1.1%, math500 1.2%, sudoku 0.6% (repeated answers)
 
 
-@pytest.fixture(scope="module")
-def data_dir(shared_dir):
-    d = shared_dir / "data"
-    if not d.is_dir():
-        pytest.skip("../shared/data is not present")
-    return d
-
-
 def _items(task, data_dir):
     items = task.load(data_dir)
     return items[:CODE_SUBSET] if task.kind == "code" else items
