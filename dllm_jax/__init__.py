@@ -5,15 +5,15 @@ width, H query heads, K kv heads, E head dim, F MLP width, V vocabulary, T denoi
 S trajectory states.
 """
 
-from dllm_jax.config import ModelConfig
-from dllm_jax.model import Transformer, denoise_step, init_model
+from dllm_jax.model.config import ModelConfig
+from dllm_jax.model.transformer import Transformer, denoise_step, init_model
 
 __version__ = "0.1.0"
 
 
 def from_pretrained(path, dtype: str = "float32", mesh=None, **kwargs):
     """Loads an HF checkpoint directory or a dllm-jax (orbax) checkpoint; see ``convert.load``."""
-    from dllm_jax.convert import from_pretrained as _load
+    from dllm_jax.weights.convert import from_pretrained as _load
 
     return _load(path, dtype=dtype, mesh=mesh, **kwargs)
 

@@ -51,8 +51,8 @@ def main() -> None:
     import jax
     import jax.numpy as jnp
 
-    from dllm_jax.config import llada_8b
-    from dllm_jax.model import denoise_step, init_model
+    from dllm_jax.model.config import llada_8b
+    from dllm_jax.model.transformer import denoise_step, init_model
     from dllm_jax.sampling import LLaDAConfig, generate
 
     cfg = dataclasses.replace(llada_8b(), dtype="bfloat16")

@@ -76,7 +76,7 @@ def main() -> None:
     import torch
     import transformers
 
-    from dllm_jax import convert
+    from dllm_jax.weights import convert as convert
     from dllm_jax.sampling import LLaDAConfig, generate
 
     print(f"config: {vars(args)}")

@@ -24,7 +24,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import dllm_jax
-    from dllm_jax.demo import TaskData
+    from dllm_jax.train.demo import TaskData
     from dllm_jax.sampling import LLaDAConfig, generate
 
     print(f"config: {vars(args)}")

@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
 
-    from dllm_jax import config as mcfg
-    from dllm_jax import sharding as shd
+    from dllm_jax.model import config as mcfg
+    from dllm_jax.model import sharding as shd
     from dllm_jax.train import memory
     from dllm_jax.train.lora import LoRAConfig
 

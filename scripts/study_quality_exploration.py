@@ -34,8 +34,8 @@ def main() -> None:
     args = ap.parse_args()
 
     import dllm_jax
-    from dllm_jax.demo import DemoConfig, TaskData, run_sft
-    from dllm_jax.metrics import pass_at_k
+    from dllm_jax.train.demo import DemoConfig, TaskData, run_sft
+    from dllm_jax.eval.metrics import pass_at_k
     from dllm_jax.sampling import IMHConfig, LLaDAConfig, generate
 
     out = Path(args.out)

@@ -44,14 +44,14 @@ def data_dir(shared_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_llada():
-    from dllm_jax.testing import tiny_model
+    from helpers import tiny_model
 
     return tiny_model("llada", seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_dream():
-    from dllm_jax.testing import tiny_model
+    from helpers import tiny_model
 
     return tiny_model("dream", seed=1)
 
@@ -59,13 +59,13 @@ def tiny_dream():
 @pytest.fixture(scope="session")
 def sharp_llada():
     """A tiny LLaDA model with peaked, context-dependent predictions (sampler tests)."""
-    from dllm_jax.testing import sharpened, tiny_model
+    from helpers import sharpened, tiny_model
 
     return sharpened(tiny_model("llada", seed=2))
 
 
 @pytest.fixture(scope="session")
 def sharp_dream():
-    from dllm_jax.testing import sharpened, tiny_model
+    from helpers import sharpened, tiny_model
 
     return sharpened(tiny_model("dream", seed=1), factor=10.0)

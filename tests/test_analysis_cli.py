@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from dllm_jax.analysis import auc, confusion_zones, step_metrics, zscore
+from dllm_jax.analysis.zones import auc, confusion_zones, step_metrics, zscore
 from dllm_jax.cli import main
-from dllm_jax.convert import save_checkpoint
-from dllm_jax.sampling.core import step_stats
-from dllm_jax.testing import sharpened, tiny_model
+from dllm_jax.weights.convert import save_checkpoint
+from dllm_jax.sampling.loop import step_stats
+from helpers import sharpened, tiny_model
 
 
 def _hand_built():

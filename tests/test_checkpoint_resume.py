@@ -30,7 +30,7 @@ def _child(out: str, resume: bool) -> None:
     import jax
     from flax import nnx
 
-    from dllm_jax.testing import tiny_model
+    from helpers import tiny_model
     from dllm_jax.train import CheckpointConfig, OptimConfig, TrainConfig, Trainer, sft_objective
 
     cache = os.environ.get("DLLM_JAX_TEST_CACHE")
@@ -176,7 +176,7 @@ if __name__ == "__main__":
 def test_extra_state_is_checkpointed(tmp_path):
     import jax.numpy as jnp
 
-    from dllm_jax.testing import tiny_model
+    from helpers import tiny_model
     from dllm_jax.train import CheckpointConfig, OptimConfig, TrainConfig, Trainer, sft_objective
 
     cfg = TrainConfig(steps=4, batch_size=4, log_every=2,

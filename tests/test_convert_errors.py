@@ -8,10 +8,10 @@ import shutil
 import numpy as np
 import pytest
 
-from dllm_jax import convert
+from dllm_jax.weights import convert as convert
 from dllm_jax.cli import main
-from dllm_jax.safetensors_io import write_safetensors
-from dllm_jax.testing import tiny_model
+from dllm_jax.weights.safetensors_io import write_safetensors
+from helpers import tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def _run(hf_dir, out, capsys):
 
 def _rewrite(d, edit):
     """Rewrites model.safetensors after ``edit(dict name -> array)``."""
-    from dllm_jax.safetensors_io import SafetensorsFile
+    from dllm_jax.weights.safetensors_io import SafetensorsFile
 
     f = SafetensorsFile(d / "model.safetensors")
     tensors = {k: np.array(f.get(k)) for k in f.keys()}

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from dllm_jax.data import (
+from dllm_jax.data.records import (
     batch_rows,
     encode_prompts,
     encode_sft,

@@ -8,8 +8,8 @@ import pytest
 
 from dllm_jax.cli import main
 from dllm_jax.eval.harness import run_eval, score_predictions
-from dllm_jax.eval.tasks import get_task
-from dllm_jax.metrics import pass_at_k
+from dllm_jax.tasks.benchmarks import get_task
+from dllm_jax.eval.metrics import pass_at_k
 
 
 def _write(path, rows):
@@ -195,7 +195,7 @@ class IdTokenizer:
 def test_run_eval_with_a_real_tiny_model(tmp_path, data_dir, tiny_llada):
     """The default generator: checkpoint loaded from disk, prompts bucketed and left-padded,
     the compiled sampler, completions cut at EOS; deterministic for a seed."""
-    from dllm_jax.convert import save_checkpoint
+    from dllm_jax.weights.convert import save_checkpoint
     from dllm_jax.sampling import LLaDAConfig
 
     ckpt = save_checkpoint(tiny_llada, tmp_path / "ckpt")

@@ -9,9 +9,9 @@ import random
 
 import pytest
 
-from dllm_jax import rewards
-from dllm_jax.eval.tasks import TASKS, extract_code, get_task, solve_countdown
-from dllm_jax.rewards import math_equal
+from dllm_jax.tasks import answers as rewards
+from dllm_jax.tasks.benchmarks import TASKS, extract_code, get_task, solve_countdown
+from dllm_jax.tasks.answers import math_equal
 
 CODE_SUBSET = 20
 SHUFFLED_BOUND = 0.03  # measured: gsm8k 1.1%, math500 1.2%, sudoku 0.6% (repeated answers)
@@ -194,7 +194,7 @@ def test_prompts_and_chat_template(data_dir, shared_dir):
 
 
 def test_unknown_task_and_missing_file(tmp_path):
-    from dllm_jax.config import ConfigError
+    from dllm_jax.errors import ConfigError
 
     with pytest.raises(ConfigError, match="unknown task 'gsm9k'"):
         get_task("gsm9k")

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from dllm_jax.sampling import IMHConfig, LLaDAConfig, generate
-from dllm_jax.testing import tiny_config
+from helpers import tiny_config
 
 V, MASK, P, G = 8, 7, 2, 2
 

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dllm_jax.buckets import bucket_for, left_pad
+from dllm_jax.data.batching import bucket_for, left_pad
 
 
 def test_dual_cache_equals_full_forward_when_canvas_unchanged(tiny_dream):
@@ -22,7 +22,7 @@ def test_dual_cache_equals_full_forward_when_canvas_unchanged(tiny_dream):
 
 
 def test_prefix_cache_hides_the_suffix():
-    from dllm_jax.testing import tiny_model
+    from helpers import tiny_model
 
     # One layer: the cached prefix keys depend on the prefix embeddings only, so the prefix-cache
     # block logits must equal a full forward over prefix + block with the suffix cut off.

@@ -12,8 +12,8 @@ import pytest
 from flax import nnx
 
 from dllm_jax import objectives as obj
-from dllm_jax import sharding as shd
-from dllm_jax.testing import sharpened, tiny_model
+from dllm_jax.model import sharding as shd
+from helpers import sharpened, tiny_model
 from dllm_jax.train import CheckpointConfig, OptimConfig, TrainConfig, Trainer, lora
 from dllm_jax.train import step as st
 

@@ -7,7 +7,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from dllm_jax.metrics import default_ks, mean_and_stderr, pass_at_k, pass_at_k_array
+from dllm_jax.eval.metrics import default_ks, mean_and_stderr, pass_at_k, pass_at_k_array
 
 
 def _enumerated(n: int, c: int, k: int) -> float:

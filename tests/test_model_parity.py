@@ -12,8 +12,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from dllm_jax import convert, denoise_step  # noqa: E402
-from dllm_jax.model import shift_logits  # noqa: E402
+from dllm_jax import denoise_step  # noqa: E402
+from dllm_jax.weights import convert  # noqa: E402
+from dllm_jax.model.transformer import shift_logits  # noqa: E402
 
 VOCAB = 96
 
@@ -164,7 +165,7 @@ def test_llada_key_layout_matches_llama_layout(tmp_path, shared_dir):
     np.testing.assert_array_equal(a, b)
     # Export writes the LLaDA names back (291 tensors at full size; 2 * 9 + 3 here).
     convert.export_hf(llada, tmp_path / "llada_export")
-    from dllm_jax.safetensors_io import SafetensorsFile
+    from dllm_jax.weights.safetensors_io import SafetensorsFile
 
     keys = set(SafetensorsFile(tmp_path / "llada_export" / "model.safetensors").keys())
     assert keys == set(renamed)

@@ -43,7 +43,7 @@ def _child(out: str, nproc: int, pid: int, port: int) -> None:
     from flax import nnx
     from jax.experimental import multihost_utils
 
-    from dllm_jax.testing import tiny_model
+    from helpers import tiny_model
     from dllm_jax.train import (
         CheckpointConfig,
         OptimConfig,
@@ -81,7 +81,7 @@ def _child(out: str, nproc: int, pid: int, port: int) -> None:
                  **{jax.tree_util.keystr(k): np.asarray(v) for k, v in flat})
     trainer.checkpointer.close()
     # RL from the SFT model: rollouts on a host-local replica, the sharded update over hosts.
-    from dllm_jax.rl import RLConfig, RolloutBatcher, make_rl_loss
+    from dllm_jax.train.rl import RLConfig, RolloutBatcher, make_rl_loss
     from dllm_jax.sampling import LLaDAConfig
 
     rcfg = RLConfig(prompts_per_step=2, group_size=4, budget=2, selector="atpo",

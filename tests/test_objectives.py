@@ -423,7 +423,7 @@ def test_mc_log_likelihood_is_unbiased():
     A sharpened model makes the per-token losses differ (a random one is near-uniform)."""
     import itertools
 
-    from dllm_jax.testing import sharpened, tiny_model
+    from helpers import sharpened, tiny_model
 
     model = sharpened(tiny_model("llada", seed=3))
     mask_id = model.config.mask_token_id

@@ -15,7 +15,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from dllm_jax import objectives as obj
-from dllm_jax import sharding as shd
+from dllm_jax.model import sharding as shd
 
 B, PROMPT, GEN = 8, 4, 8
 

@@ -8,8 +8,9 @@ from typing import Literal
 
 import pytest
 
-from dllm_jax.config import ConfigError, ModelConfig
-from dllm_jax.overrides import dump_yaml, format_config, load_config, parse_sets, to_dict
+from dllm_jax.errors import ConfigError
+from dllm_jax.model.config import ModelConfig
+from dllm_jax.train.overrides import dump_yaml, format_config, load_config, parse_sets, to_dict
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -11,9 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from dllm_jax.config import ConfigError
-from dllm_jax.overrides import dump_yaml, load_config
-from dllm_jax.pipeline import RLProgram, SFTProgram
+from dllm_jax.errors import ConfigError
+from dllm_jax.train.overrides import dump_yaml, load_config
+from dllm_jax.train.programs import RLProgram, SFTProgram
 
 TINY = ["model.hidden_size=32", "model.num_layers=2", "model.num_heads=4",
         "data.num_train=512", "train.batch_size=16", "train.log_every=1"]
@@ -68,7 +68,7 @@ def _chat_tokenizer():
 def test_data_loading_each_format(tmp_path, fmt):
     import datasets
 
-    from dllm_jax.data import encode_sft, load_records
+    from dllm_jax.data.records import encode_sft, load_records
 
     rows = [{"q": "what is two", "a": "four"}, {"q": "what is four ?", "a": "two"}]
     path = tmp_path / f"d.{fmt}"
@@ -89,7 +89,7 @@ def test_data_loading_each_format(tmp_path, fmt):
 
 
 def test_data_errors_and_orders(tmp_path):
-    from dllm_jax.data import batch_rows, epoch_order, host_shard, load_records
+    from dllm_jax.data.records import batch_rows, epoch_order, host_shard, load_records
 
     with pytest.raises(ValueError, match="does not exist"):
         load_records(str(tmp_path / "none.jsonl"))
@@ -113,7 +113,7 @@ def _cli(args, cwd, env=None, **kw):
 def _params(path):
     from flax import nnx
 
-    from dllm_jax.convert import load_checkpoint
+    from dllm_jax.weights.convert import load_checkpoint
 
     return [np.asarray(x) for x in
             __import__("jax").tree.leaves(nnx.state(load_checkpoint(path)))]

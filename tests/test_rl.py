@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from dllm_jax.rl import RLConfig, RolloutBatcher, make_rl_loss
+from dllm_jax.train.rl import RLConfig, RolloutBatcher, make_rl_loss
 from dllm_jax.sampling import LLaDAConfig
-from dllm_jax.testing import tiny_model
+from helpers import tiny_model
 from dllm_jax.train import OptimConfig, TrainConfig, Trainer
 
 TARGET = 7

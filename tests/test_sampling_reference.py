@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from dllm_jax.model import denoise_step
+from dllm_jax.model.transformer import denoise_step
 from dllm_jax.sampling import DreamConfig, LLaDAConfig, generate
-from dllm_jax.sampling.config import torch_linspace_f32
+from dllm_jax.sampling.presets import torch_linspace_f32
 
 MASK = 63
 

@@ -9,10 +9,10 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from dllm_jax import sharding as shd
-from dllm_jax.config import dream_7b, llada_8b
-from dllm_jax.model import Transformer
-from dllm_jax.testing import init_model, tiny_config
+from dllm_jax.model import sharding as shd
+from dllm_jax.model.config import dream_7b, llada_8b
+from dllm_jax.model.transformer import Transformer
+from helpers import init_model, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_full_size_parameter_counts(make, expected, rel):
 @pytest.mark.parametrize("source", ["hf", "orbax"])
 def test_from_pretrained_restores_onto_mesh(model_and_ref, tmp_path, source):
     import dllm_jax
-    from dllm_jax import convert
+    from dllm_jax.weights import convert as convert
 
     model, tokens, mask, ref = model_and_ref
     if source == "hf":

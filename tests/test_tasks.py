@@ -255,7 +255,7 @@ def test_verifiers_on_shared_benchmark_files(shared_dir):
     """d1's 4x4 Sudoku and Countdown test sets: every published solution verifies, every
     Countdown instance is solvable under the exact-division rule, and the backtracking solver's
     solution counts match the brute-force grid table (some d1 puzzles have several)."""
-    from dllm_jax.data import load_records
+    from dllm_jax.data.records import load_records
     from dllm_jax.tasks import count_solutions, solve_countdown
 
     sudoku, countdown = get_task("sudoku"), get_task("countdown")

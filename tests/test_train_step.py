@@ -9,9 +9,9 @@ import pytest
 from flax import nnx
 
 from dllm_jax import objectives as obj
-from dllm_jax import sharding as shd
-from dllm_jax.model import init_model
-from dllm_jax.testing import tiny_config
+from dllm_jax.model import sharding as shd
+from dllm_jax.model.transformer import init_model
+from helpers import tiny_config
 from dllm_jax.train import OptimConfig, init_state, make_optimizer, make_train_step
 from dllm_jax.train import step as st
 

@@ -7,6 +7,6 @@ scoring of prediction files and the resumable generate-then-score loop.
 """
 
 from dllm_jax.eval.harness import run_eval, score_predictions, summarize
-from dllm_jax.eval.tasks import TASKS, Task, get_task
+from dllm_jax.tasks.benchmarks import TASKS, Task, get_task
 
 __all__ = ["TASKS", "Task", "get_task", "run_eval", "score_predictions", "summarize"]

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from dllm_jax.config import ConfigError
-from dllm_jax.eval.tasks import Item, Task, get_task
-from dllm_jax.metrics import default_ks, mean_and_stderr, pass_at_k
+from dllm_jax.errors import ConfigError
+from dllm_jax.tasks.benchmarks import Item, Task, get_task
+from dllm_jax.eval.metrics import default_ks, mean_and_stderr, pass_at_k
 
 # generate_fn(prompt_ids, key) -> completion token ids, one list per prompt row.
 GenerateFn = Callable[[list[list[int]], Any], list[list[int]]]
@@ -148,7 +148,7 @@ def _model_generate_fn(model: Any, config: Any, pad_id: int, eos_id: int | None,
                        batch: int) -> GenerateFn:
     """The sampler over a model: left-pads prompts into buckets, returns completions cut at
     the first EOS."""
-    from dllm_jax.buckets import left_pad
+    from dllm_jax.data.batching import left_pad
     from dllm_jax.sampling import generate
 
     def fn(prompts: list[list[int]], key: Any) -> list[list[int]]:
@@ -210,7 +210,7 @@ def run_eval(model_dir: str | os.PathLike[str] | None, tasks: Sequence[str | Tas
       ``{task name: summary dict}``.
     """
     if isinstance(tasks, str):
-        from dllm_jax.eval.tasks import parse_task_list
+        from dllm_jax.tasks.benchmarks import parse_task_list
 
         task_objs = parse_task_list(tasks)
     else:
@@ -229,7 +229,7 @@ def run_eval(model_dir: str | os.PathLike[str] | None, tasks: Sequence[str | Tas
             raise ConfigError(f"--model {model_dir} is not a directory")
     loaded = {t.name: t.load(data_dir, limit) for t in task_objs}  # data errors before models
     if tokenizer is None:
-        from dllm_jax.sampling.cli import load_tokenizer
+        from dllm_jax.data.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer(model_dir)
     if generate_fn is None:
@@ -300,7 +300,7 @@ def _sample_item(t: Task, item: Item, index: int, tokenizer: Any, generate_fn: G
 def _decode(tokenizer: Any, ids: list[int]) -> str:
     try:
         return tokenizer.decode(ids, skip_special_tokens=True)
-    except TypeError:  # tokenizers without HF's keyword (dllm_jax.tasks.chartok)
+    except TypeError:  # tokenizers without HF's keyword (dllm_jax.data.chartok)
         return tokenizer.decode(ids)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from dllm_jax.model import align_logits
+from dllm_jax.model.transformer import align_logits
 from dllm_jax.objectives.losses import token_logprobs
 
 

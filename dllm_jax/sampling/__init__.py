@@ -4,8 +4,8 @@
 IMHConfig(...), key=...)`` compiles once per shape and configuration.
 """
 
-from dllm_jax.sampling.config import DreamConfig, IMHConfig, LLaDAConfig, Plan, SamplerConfig
-from dllm_jax.sampling.core import GenerateOutput, Trajectory, generate
+from dllm_jax.sampling.presets import DreamConfig, IMHConfig, LLaDAConfig, Plan, SamplerConfig
+from dllm_jax.sampling.loop import GenerateOutput, Trajectory, generate
 
 __all__ = ["DreamConfig", "GenerateOutput", "IMHConfig", "LLaDAConfig", "Plan", "SamplerConfig",
            "Trajectory", "generate"]

@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dllm_jax.sampling.config import IMHConfig, Plan
-from dllm_jax.sampling.core import (
+from dllm_jax.sampling.presets import IMHConfig, Plan
+from dllm_jax.sampling.loop import (
     GenerateOutput,
     propose,
     row_step_keys,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from dllm_jax.tasks.addition import Addition
-from dllm_jax.tasks.chartok import CharTokenizer, model_config
+from dllm_jax.data.chartok import CharTokenizer, model_config
 from dllm_jax.tasks.common import Example, encode_examples, is_test_item, split_of
 from dllm_jax.tasks.countdown import Countdown, eval_equation, solve_countdown
 from dllm_jax.tasks.sudoku import Sudoku, count_solutions, is_valid_solution

@@ -91,7 +91,7 @@ def encode_examples(tokenizer: Any, examples: Sequence[Example],
     """Encodes examples into fixed-shape int32 arrays.
 
     Args:
-      tokenizer: a :class:`~dllm_jax.tasks.chartok.CharTokenizer` (anything with ``encode`` and
+      tokenizer: a :class:`~dllm_jax.data.chartok.CharTokenizer` (anything with ``encode`` and
         ``eos_id``).
       examples: examples of one task (equal prompt lengths).
       answer_length: answer width ``A``; defaults to the task's fixed width

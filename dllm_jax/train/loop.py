@@ -27,7 +27,7 @@ import numpy as np
 import yaml
 from flax import nnx
 
-from dllm_jax import sharding as shd
+from dllm_jax.model import sharding as shd
 from dllm_jax.train import lora
 from dllm_jax.train import step as st
 from dllm_jax.train.checkpoint import Checkpointer, check_meta, key_data
@@ -49,9 +49,9 @@ def to_plain(obj: Any) -> Any:
 
 
 def dump_config(path: Path, resolved: dict[str, Any]) -> None:
-    """Writes the resolved config as YAML (``dllm_jax.overrides.dump_yaml`` when present)."""
+    """Writes the resolved config as YAML (``dllm_jax.train.overrides.dump_yaml`` when present)."""
     try:
-        from dllm_jax.overrides import dump_yaml
+        from dllm_jax.train.overrides import dump_yaml
     except ImportError:
         dump_yaml = None
     if dump_yaml is not None:

@@ -27,9 +27,9 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from dllm_jax import sharding as shd
-from dllm_jax.config import ModelConfig
-from dllm_jax.model import init_model
+from dllm_jax.model import sharding as shd
+from dllm_jax.model.config import ModelConfig
+from dllm_jax.model.transformer import init_model
 from dllm_jax.train import lora
 from dllm_jax.train import step as st
 from dllm_jax.train.config import OptimConfig

@@ -19,7 +19,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from dllm_jax import sharding as shd
+from dllm_jax.model import sharding as shd
 from dllm_jax.objectives import aligned, forward_mask, sft_loss, token_logprobs
 from dllm_jax.train.optim import make_optimizer  # noqa: F401  (re-exported: st.make_optimizer)
 

@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dllm_jax.buckets import left_pad
-from dllm_jax.config import ConfigError
-from dllm_jax.sampling.config import IMHConfig, Plan
+from dllm_jax.data.batching import left_pad
+from dllm_jax.errors import ConfigError
+from dllm_jax.sampling.presets import IMHConfig, Plan
 
 NEG_INF = -jnp.inf
 
@@ -94,7 +94,7 @@ def generate(model: nnx.Module, prompt_ids: Any, attention_mask: Any = None, *, 
     """Samples completions with one compiled program per (shape, config).
 
     Args:
-      model: a :class:`dllm_jax.model.Transformer`.
+      model: a :class:`dllm_jax.model.transformer.Transformer`.
       prompt_ids: ``[B, P]`` ids (left-padded, with ``attention_mask``) or a list of token
         lists of different lengths (left-padded here).
       attention_mask: ``[B, P]`` 1 for real prompt tokens.

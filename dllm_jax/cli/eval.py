@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from dllm_jax.config import ConfigError
+from dllm_jax.errors import ConfigError
 
 
 def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -33,7 +33,7 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per code program")
     p.add_argument("--no-progress", action="store_true")
     try:
-        from dllm_jax.sampling.cli import add_sampler_arguments
+        from dllm_jax.cli.generate import add_sampler_arguments
     except ImportError:  # the sampler is optional for `eval score`
         add_sampler_arguments = None
     if add_sampler_arguments is not None:
@@ -62,7 +62,7 @@ def _sandbox_config(args: argparse.Namespace):
 
 def _score(args: argparse.Namespace) -> int:
     from dllm_jax.eval.harness import score_predictions
-    from dllm_jax.eval.tasks import get_task
+    from dllm_jax.tasks.benchmarks import get_task
 
     task = get_task(args.task)
     if not Path(args.predictions).is_file():
@@ -84,8 +84,8 @@ def _run(args: argparse.Namespace) -> int:
         if getattr(args, flag) is None:
             raise ConfigError(f"eval needs --{flag} (or use `dllm-jax eval score ...`)")
     from dllm_jax.eval.harness import run_eval
-    from dllm_jax.eval.tasks import parse_task_list
-    from dllm_jax.sampling.cli import sampler_config_from_args
+    from dllm_jax.tasks.benchmarks import parse_task_list
+    from dllm_jax.cli.generate import sampler_config_from_args
 
     tasks = parse_task_list(args.tasks)
     if args.samples < 1:

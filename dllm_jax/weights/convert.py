@@ -24,17 +24,14 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from dllm_jax import sharding as shd
-from dllm_jax.config import ConfigError, ModelConfig
-from dllm_jax.model import Transformer
-from dllm_jax.safetensors_io import SafetensorsError, SafetensorsFile, write_safetensors
+from dllm_jax.model import sharding as shd
+from dllm_jax.errors import ConfigError, ConversionError
+from dllm_jax.model.config import ModelConfig
+from dllm_jax.model.transformer import Transformer
+from dllm_jax.weights.safetensors_io import SafetensorsError, SafetensorsFile, write_safetensors
 
 CONFIG_NAME = "dllm_jax_config.json"
 PARAMS_DIR = "params"
-
-
-class ConversionError(ValueError):
-    """Bad conversion input; the message is one line naming the file and the problem."""
 
 
 # (NNX parameter path regex, HF key template, transpose?) per naming scheme. ``{i}`` is a layer.

@@ -14,7 +14,8 @@ import math
 
 import numpy as np
 
-from dllm_jax.config import ConfigError, ModelConfig
+from dllm_jax.errors import ConfigError
+from dllm_jax.model.config import ModelConfig
 
 LLADA_REMASKING = ("low_confidence", "random", "tpp", "topk_margin", "entropy", "max_s")
 DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")

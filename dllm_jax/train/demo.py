@@ -134,7 +134,7 @@ def _train_config(steps: int, batch: int, lr: float, seed: int, schedule: str, e
 def run_sft(cfg: DemoConfig, data: TaskData, out: Path):
     """SFT in chunks of ``sft_check_every`` steps until the validation accuracy (train-pool
     puzzles drawn with another seed, greedy low-confidence decoding) reaches the target."""
-    from dllm_jax.model import init_model
+    from dllm_jax.model.transformer import init_model
     from dllm_jax.tasks import model_config
     from dllm_jax.train import Trainer, sft_objective
 
@@ -165,7 +165,7 @@ def run_sft(cfg: DemoConfig, data: TaskData, out: Path):
 
 
 def run_rl(cfg: DemoConfig, data: TaskData, sft_model, out: Path, method: str):
-    from dllm_jax.rl import RLConfig, RolloutBatcher, make_rl_loss
+    from dllm_jax.train.rl import RLConfig, RolloutBatcher, make_rl_loss
     from dllm_jax.sampling import LLaDAConfig
     from dllm_jax.train import Trainer
 
@@ -205,8 +205,8 @@ def run_rl(cfg: DemoConfig, data: TaskData, sft_model, out: Path, method: str):
 
 
 def run_demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
-    from dllm_jax.analysis import plot_trajectory, zone_report
-    from dllm_jax.convert import save_checkpoint
+    from dllm_jax.analysis.zones import plot_trajectory, zone_report
+    from dllm_jax.weights.convert import save_checkpoint
 
     t_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -274,28 +274,3 @@ def report_markdown(res: dict[str, Any]) -> str:
     lines += ["", "![confusion zones](confusion_zones.png)", "",
               "Numbers are what this run measured; they are not tuned to favour any method.", ""]
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------- CLI
-def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("demo", help="train, sample, analyse and RL on a built-in task")
-    p.add_argument("--task", default="addition", choices=["addition", "sudoku", "countdown"])
-    p.add_argument("--out", default="out/demo")
-    p.add_argument("--quick", action="store_true", help="the same path in a few minutes")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_demo)
-
-
-def _demo(args: argparse.Namespace) -> int:
-    cfg = (DemoConfig.quick if args.quick else DemoConfig)(task=args.task, seed=args.seed)
-    out = Path(args.out)
-    res = run_demo(cfg, out)
-    print("\n" + (out / "report.md").read_text())
-    print(f"results: {out.resolve()}")
-    return 0 if res else 1
-
-
-if __name__ == "__main__":
-    from dllm_jax.cli import main
-
-    sys.exit(main(["demo", *sys.argv[1:]]))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from dllm_jax.config import ModelConfig
-from dllm_jax.model import Transformer, init_model
+from dllm_jax.model.config import ModelConfig
+from dllm_jax.model.transformer import Transformer, init_model
 
 TINY_VOCAB = 64
 TINY_MASK_ID = 63

@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dllm_jax import sharding as shd
-from dllm_jax.config import ModelConfig
+from dllm_jax.model import sharding as shd
+from dllm_jax.model.config import ModelConfig
 
 _NEG_INF = -1e30
 

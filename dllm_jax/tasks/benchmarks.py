@@ -22,8 +22,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from dllm_jax import rewards
-from dllm_jax.config import ConfigError
+from dllm_jax.tasks import answers as rewards
+from dllm_jax.errors import ConfigError
 
 Item = dict[str, Any]
 

@@ -1,4 +1,4 @@
-"""``dllm-jax train sft|rl --config X.yaml [--set a.b=v] [--resume]``: the training programs.
+"""The training programs behind ``dllm-jax train sft|rl``.
 
 A program is a frozen dataclass (model, data, train and, for RL, rl sections); the YAML file and
 ``--set`` items override its fields (unknown keys are errors). The resolved config is printed
@@ -8,7 +8,6 @@ checkpoint to ``<out>/model`` (with its tokenizer for built-in tasks).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 from pathlib import Path
@@ -16,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from dllm_jax.config import ConfigError
-from dllm_jax.rl import RLConfig
+from dllm_jax.errors import ConfigError
+from dllm_jax.train.rl import RLConfig
 from dllm_jax.train import CheckpointConfig, OptimConfig, TrainConfig
 
 
@@ -87,7 +86,7 @@ class FileData:
     """Records of a file / HF dataset, tokenized with an HF (or saved character) tokenizer."""
 
     def __init__(self, spec: DataSpec, tokenizer: Any, eos_id: int, pad_id: int):
-        from dllm_jax.data import encode_sft, load_records
+        from dllm_jax.data.records import encode_sft, load_records
 
         self.spec = spec
         self.records = load_records(spec.path, spec.split, (spec.prompt_field, spec.answer_field))
@@ -101,7 +100,7 @@ class FileData:
         self.a_len = self.enc["tokens"].shape[1] - self.p_len
 
     def reward(self, index: int, completion: str) -> float:
-        from dllm_jax import rewards
+        from dllm_jax.tasks import answers as rewards
 
         gold = str(self.records[index][self.spec.answer_field])
         if self.spec.reward == "gsm8k":
@@ -114,8 +113,8 @@ class FileData:
 def _model_and_data(model_spec: ModelSpec, data: DataSpec, seed: int):
     """(model, data object, tokenizer) for a program."""
     import dllm_jax
-    from dllm_jax.demo import TaskData
-    from dllm_jax.model import init_model
+    from dllm_jax.train.demo import TaskData
+    from dllm_jax.model.transformer import init_model
 
     if data.task is not None:
         td = TaskData(data.task, seed, data.num_train, 256)
@@ -130,7 +129,7 @@ def _model_and_data(model_spec: ModelSpec, data: DataSpec, seed: int):
         return model, td, td.tok
     if model_spec.init is None:
         raise ConfigError("training on data.path needs model.init (a checkpoint directory)")
-    from dllm_jax.sampling.cli import load_tokenizer
+    from dllm_jax.data.tokenizer import load_tokenizer
 
     model = dllm_jax.from_pretrained(model_spec.init, dtype=model_spec.dtype)
     tok = load_tokenizer(data.tokenizer or model_spec.init)
@@ -140,7 +139,7 @@ def _model_and_data(model_spec: ModelSpec, data: DataSpec, seed: int):
 
 
 def _sft_batch_fn(data, batch: int, seed: int):
-    from dllm_jax.data import batch_rows
+    from dllm_jax.data.records import batch_rows
 
     if hasattr(data, "sft_batch_fn"):
         return data.sft_batch_fn(batch, seed)
@@ -150,7 +149,7 @@ def _sft_batch_fn(data, batch: int, seed: int):
 
 
 def _save_final(model, tokenizer, out: Path) -> Path:
-    from dllm_jax.convert import save_checkpoint
+    from dllm_jax.weights.convert import save_checkpoint
 
     target = out / "model"
     if target.exists():
@@ -166,7 +165,7 @@ def _save_final(model, tokenizer, out: Path) -> Path:
 
 
 def run_sft(prog: SFTProgram, resume: bool = False, progress: bool = True) -> Path:
-    from dllm_jax.overrides import to_dict
+    from dllm_jax.train.overrides import to_dict
     from dllm_jax.train import Trainer, sft_objective
 
     model, data, tok = _model_and_data(prog.model, prog.data, prog.train.seed)
@@ -179,8 +178,8 @@ def run_sft(prog: SFTProgram, resume: bool = False, progress: bool = True) -> Pa
 
 
 def run_rl(prog: RLProgram, resume: bool = False, progress: bool = True) -> Path:
-    from dllm_jax.overrides import to_dict
-    from dllm_jax.rl import RolloutBatcher, make_rl_loss
+    from dllm_jax.train.overrides import to_dict
+    from dllm_jax.train.rl import RolloutBatcher, make_rl_loss
     from dllm_jax.train import Trainer
 
     rl = prog.rl
@@ -215,34 +214,3 @@ def run_rl(prog: RLProgram, resume: bool = False, progress: bool = True) -> Path
     batcher.attach(trainer)
     trainer.run(resume=resume)
     return _save_final(trainer.model, tok, Path(prog.out))
-
-
-# ------------------------------------------------------------------------------ CLI
-def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("train", help="SFT or RL training from a YAML config")
-    sub = p.add_subparsers(dest="program", required=True)
-    for name in ("sft", "rl"):
-        q = sub.add_parser(name, help=f"{name.upper()} training")
-        q.add_argument("--config", help="YAML overrides of the program's fields")
-        q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override one field, e.g. train.optim.lr=1e-5 (repeatable)")
-        q.add_argument("--resume", action="store_true",
-                       help="continue from the newest complete checkpoint in the output dir")
-        q.add_argument("--print-config", action="store_true",
-                       help="print the resolved config and exit")
-        q.set_defaults(func=_train)
-
-
-def _train(args: argparse.Namespace) -> int:
-    from dllm_jax.overrides import format_config, load_config
-    from dllm_jax.sharding import maybe_initialize_distributed
-
-    maybe_initialize_distributed()  # no-op unless a multi-host launcher's environment says so
-    cls = SFTProgram if args.program == "sft" else RLProgram
-    prog = load_config(cls, args.config, args.set)
-    print(format_config(prog), flush=True)
-    if args.print_config:
-        return 0
-    out = (run_sft if args.program == "sft" else run_rl)(prog, resume=args.resume)
-    print(f"wrote {out}")
-    return 0

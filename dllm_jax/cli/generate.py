@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from dllm_jax.config import ConfigError
+from dllm_jax.data.tokenizer import load_tokenizer, render_prompt
+from dllm_jax.errors import ConfigError
 
 
 def add_sampler_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,7 +52,7 @@ _FIELDS = {
 def sampler_config_from_args(args: argparse.Namespace, model_config: Any = None):
     """The preset's frozen config from parsed flags; a flag the preset does not take is an
     error (one line), so a typo never silently falls back to a default."""
-    from dllm_jax.sampling.config import DreamConfig, IMHConfig, LLaDAConfig
+    from dllm_jax.sampling.presets import DreamConfig, IMHConfig, LLaDAConfig
 
     cls = {"llada": LLaDAConfig, "dream": DreamConfig, "imh": IMHConfig}[args.sampler]
     all_fields = set().union(*_FIELDS.values())
@@ -73,38 +74,6 @@ def _parse_prompt_ids(text: str) -> list[list[int]]:
     return rows
 
 
-def load_tokenizer(path: str | Path):
-    """A dllm-jax character tokenizer saved with a checkpoint, else an HF tokenizer."""
-    path = Path(path)
-    try:
-        from dllm_jax.tasks.chartok import CharTokenizer
-
-        if CharTokenizer.is_saved_in(path):
-            return CharTokenizer.load(path)
-    except ImportError:
-        pass
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"no tokenizer found in {path}: {e}") from None
-
-
-def encode_prompts(tokenizer, prompts: list[str], chat_template: bool) -> list[list[int]]:
-    out = []
-    for text in prompts:
-        if chat_template and getattr(tokenizer, "chat_template", None):
-            ids = tokenizer.apply_chat_template([{"role": "user", "content": text}],
-                                                add_generation_prompt=True, tokenize=True)
-            if hasattr(ids, "keys"):  # a BatchEncoding in newer transformers
-                ids = ids["input_ids"]
-        else:
-            ids = tokenizer.encode(text)
-        out.append(list(ids))
-    return out
-
-
 def _prepare(args: argparse.Namespace):
     """Validates flags (no compilation yet), loads the model and prompts."""
     if (args.prompt is None) == (args.prompt_ids is None):
@@ -115,7 +84,8 @@ def _prepare(args: argparse.Namespace):
     tokenizer = None
     if args.prompt is not None:
         tokenizer = load_tokenizer(args.tokenizer or args.model)
-        prompts = encode_prompts(tokenizer, list(args.prompt), not args.no_chat_template)
+        prompts = [render_prompt(tokenizer, text, not args.no_chat_template)
+                   for text in args.prompt]
     else:
         prompts = _parse_prompt_ids(args.prompt_ids)
     import dllm_jax
@@ -191,7 +161,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _trajectory(args: argparse.Namespace) -> int:
-    from dllm_jax.analysis import confusion_zones, plot_trajectory
+    from dllm_jax.analysis.zones import confusion_zones, plot_trajectory
 
     out, seqs, p_len, tokenizer = _run(args, True)
     t = out.trajectory

@@ -2,7 +2,7 @@
 
 A YAML file holds a partial nested mapping; each ``--set`` item sets one dotted path and wins
 over the file. Every key must name an init field of the dataclass at that level (an unknown key
-is a :class:`~dllm_jax.config.ConfigError` naming its dotted path and the valid keys). Values
+is a :class:`~dllm_jax.model.config.ConfigError` naming its dotted path and the valid keys). Values
 are checked against the field annotations -- ``int``, ``float``, ``str``, ``bool``, ``X | None``,
 ``Literal[...]``, ``tuple[X, ...]``/``tuple[X, Y]``, ``list[X]``, ``dict[K, V]`` and nested
 dataclasses -- and then each dataclass's own ``__post_init__`` validation runs, its error
@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from dllm_jax.config import ConfigError
+from dllm_jax.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from dllm_jax.config import ModelConfig
+from dllm_jax.model.config import ModelConfig
 
 DEFAULT_CHARS = "0123456789+-*/=()<>,.:;?! " + string.ascii_lowercase
 FILENAME = "char_tokenizer.json"

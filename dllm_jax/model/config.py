@@ -13,6 +13,8 @@ import dataclasses
 import json
 from typing import Any
 
+from dllm_jax.errors import ConfigError
+
 FAMILIES = ("llada", "dream", "llama", "qwen2")
 DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots")
@@ -21,10 +23,6 @@ ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 # HF ``model_type`` string -> family.
 MODEL_TYPES = {"llada": "llada", "Dream": "dream", "dream": "dream", "llama": "llama",
                "qwen2": "qwen2"}
-
-
-class ConfigError(ValueError):
-    """A config.json that this project cannot run faithfully."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from dllm_jax.buckets import left_pad
+from dllm_jax.data.batching import left_pad
+from dllm_jax.data.tokenizer import encode_plain, render_prompt, special_id
 
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
@@ -134,40 +135,6 @@ def load_records(source: str | Path, split: str = "train", fields: Sequence[str]
 
 
 # ----------------------------------------------------------------------------- tokenizing
-def _encode_plain(tokenizer: Any, text: str) -> list[int]:
-    """Ids of ``text`` with no special tokens added (an answer must not get a BOS)."""
-    try:
-        return list(tokenizer.encode(text, add_special_tokens=False))
-    except TypeError:  # not an HF tokenizer (e.g. the character tokenizer)
-        return list(tokenizer.encode(text))
-
-
-def render_prompt(tokenizer: Any, text: str, chat_template: bool = True,
-                  system_prompt: str | None = None) -> list[int]:
-    """Token ids of a user prompt, through the chat template when the tokenizer has one.
-
-    With a template: ``apply_chat_template([system?, user], add_generation_prompt=True)``;
-    without: ``tokenizer.encode(text)`` with the tokenizer's own special tokens (BOS).
-    """
-    if chat_template and getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "user", "content": text}]
-        if system_prompt:
-            messages.insert(0, {"role": "system", "content": system_prompt})
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-    if system_prompt:
-        text = f"{system_prompt}\n\n{text}"
-    return list(tokenizer.encode(text))
-
-
-def _special(tokenizer: Any, name: str) -> int | None:
-    for attr in (f"{name}_token_id", f"{name}_id"):
-        v = getattr(tokenizer, attr, None)
-        if v is not None:
-            return int(v)
-    return None
-
-
 def encode_sft(records: Sequence[dict], tokenizer: Any, *, prompt_field: str = "prompt",
                answer_field: str = "answer", max_prompt_length: int = 256,
                max_answer_length: int = 256, chat_template: bool = True,
@@ -194,10 +161,10 @@ def encode_sft(records: Sequence[dict], tokenizer: Any, *, prompt_field: str = "
     if max_prompt_length < 1 or max_answer_length < 2:
         raise ValueError("encode_sft: max_prompt_length must be >= 1 and max_answer_length "
                          ">= 2 (room for the EOS)")
-    eos = _special(tokenizer, "eos") if eos_id is None else int(eos_id)
+    eos = special_id(tokenizer, "eos") if eos_id is None else int(eos_id)
     if eos is None:
         raise ValueError("encode_sft: the tokenizer has no EOS id; pass eos_id")
-    pad = (_special(tokenizer, "pad") if pad_id is None else int(pad_id))
+    pad = (special_id(tokenizer, "pad") if pad_id is None else int(pad_id))
     pad = eos if pad is None else pad
     for i, r in enumerate(records):
         for f in (prompt_field, answer_field):
@@ -208,7 +175,7 @@ def encode_sft(records: Sequence[dict], tokenizer: Any, *, prompt_field: str = "
     empty = next((i for i, p in enumerate(prompts) if not p), None)
     if empty is not None:
         raise ValueError(f"record {empty}: the prompt encodes to no tokens")
-    answers = [_encode_plain(tokenizer, str(r[answer_field]))[:max_answer_length - 1] + [eos]
+    answers = [encode_plain(tokenizer, str(r[answer_field]))[:max_answer_length - 1] + [eos]
                for r in records]
     p_ids, p_mask = left_pad(prompts, pad, buckets=None)
     width = max(len(a) for a in answers)
@@ -232,8 +199,8 @@ def encode_prompts(records: Sequence[dict], tokenizer: Any, *, prompt_field: str
     for i, r in enumerate(records):
         if prompt_field not in r:
             raise ValueError(f"record {i} has no field {prompt_field!r}; fields: {sorted(r)}")
-    pad = _special(tokenizer, "pad") if pad_id is None else int(pad_id)
-    pad = _special(tokenizer, "eos") if pad is None else pad
+    pad = special_id(tokenizer, "pad") if pad_id is None else int(pad_id)
+    pad = special_id(tokenizer, "eos") if pad is None else pad
     if pad is None:
         raise ValueError("encode_prompts: the tokenizer has no PAD or EOS id; pass pad_id")
     prompts = [render_prompt(tokenizer, str(r[prompt_field]), chat_template,

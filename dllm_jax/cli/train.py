@@ -1,0 +1,36 @@
+"""``dllm-jax train sft|rl --config X.yaml [--set a.b=v] [--resume]``."""
+
+from __future__ import annotations
+
+import argparse
+
+from dllm_jax.model.sharding import maybe_initialize_distributed
+from dllm_jax.train.overrides import format_config, load_config
+from dllm_jax.train.programs import RLProgram, SFTProgram, run_rl, run_sft
+
+
+def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="SFT or RL training from a YAML config")
+    sub = p.add_subparsers(dest="program", required=True)
+    for name in ("sft", "rl"):
+        q = sub.add_parser(name, help=f"{name.upper()} training")
+        q.add_argument("--config", help="YAML overrides of the program's fields")
+        q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one field, e.g. train.optim.lr=1e-5 (repeatable)")
+        q.add_argument("--resume", action="store_true",
+                       help="continue from the newest complete checkpoint in the output dir")
+        q.add_argument("--print-config", action="store_true",
+                       help="print the resolved config and exit")
+        q.set_defaults(func=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    maybe_initialize_distributed()  # no-op unless a multi-host launcher's environment says so
+    cls = SFTProgram if args.program == "sft" else RLProgram
+    prog = load_config(cls, args.config, args.set)
+    print(format_config(prog), flush=True)
+    if args.print_config:
+        return 0
+    out = (run_sft if args.program == "sft" else run_rl)(prog, resume=args.resume)
+    print(f"wrote {out}")
+    return 0
