@@ -150,7 +150,7 @@ def test_order_from_the_model_attention(tiny_dream):
 
     @nnx.jit
     def run(model, seq):
-        _, aux = model(seq, None, return_attn_mean=True)
+        _, aux = model.with_attention(seq, None, attn_mean=True)
         return aux, obj.attention_order(aux["attn_mean"], ~resp, resp, 2, num_steps=3)
 
     aux, order = run(tiny_dream, seq)

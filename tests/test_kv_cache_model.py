@@ -15,9 +15,8 @@ def test_dual_cache_equals_full_forward_when_canvas_unchanged(tiny_dream):
     logits, cache = tiny_dream.prefill(tokens, mask)
     np.testing.assert_allclose(np.asarray(logits), full, atol=1e-6, rtol=0)
     assert cache["k"].shape == (2, 2, 12, 2, 8)
-    for start in (0, 4, 8):
-        blk = tiny_dream.decode_block(tokens, mask, cache, jnp.int32(start), 4,
-                                      jnp.ones((2, 12), bool))
+    for start in (1, 4, 8):
+        blk = tiny_dream.decode_block(tokens, mask, cache, jnp.int32(start), 4, "dual")
         np.testing.assert_allclose(np.asarray(blk), full[:, start:start + 4], atol=1e-5, rtol=0)
 
 
@@ -30,8 +29,7 @@ def test_prefix_cache_hides_the_suffix():
     rng = np.random.default_rng(1)
     tokens = jnp.asarray(rng.integers(0, 60, (1, 12)))
     logits, cache = tiny_llada.prefill(tokens)
-    visible = jnp.arange(12)[None] < 4
-    blk = tiny_llada.decode_block(tokens, None, cache, jnp.int32(4), 4, visible)
+    blk = tiny_llada.decode_block(tokens, None, cache, jnp.int32(4), 4, "prefix")
     # Same as a full forward over the first 8 tokens only (suffix invisible).
     ref = np.asarray(tiny_llada(tokens[:, :8]))[:, 4:8]
     np.testing.assert_allclose(np.asarray(blk), ref, atol=1e-5, rtol=0)

@@ -14,7 +14,9 @@ transformers = pytest.importorskip("transformers")
 
 from dllm_jax import denoise_step  # noqa: E402
 from dllm_jax.weights import convert  # noqa: E402
-from dllm_jax.model.transformer import shift_logits  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from dllm_jax.model.transformer import Transformer  # noqa: E402
 
 VOCAB = 96
 
@@ -108,9 +110,19 @@ def test_row_logits_independent_of_batch_padding(tiny_llada):
 
 def test_dream_denoise_step_is_shifted(tiny_dream, tiny_llada):
     tokens = jnp.asarray(np.random.default_rng(2).integers(0, 60, size=(2, 7)))
-    raw = tiny_dream(tokens)
-    np.testing.assert_allclose(np.asarray(denoise_step(tiny_dream, tokens)),
-                               np.asarray(shift_logits(raw)), atol=1e-6, rtol=0)
+    # The same weights as a plain Qwen2 model (no shift) give the raw logits; Dream's rule:
+    # the hidden state at i - 1 predicts token i, position 0 keeps its own.
+    plain = nnx.eval_shape(lambda: Transformer(tiny_dream.config.replace(family="qwen2"),
+                                               rngs=nnx.Rngs(0)))
+    nnx.update(plain, nnx.state(tiny_dream))
+    raw = np.asarray(plain(tokens))
+    expect = np.concatenate([raw[:, :1], raw[:, :-1]], axis=1)
+    np.testing.assert_allclose(np.asarray(denoise_step(tiny_dream, tokens)), expect, atol=1e-6,
+                               rtol=0)
+    # A window of the aligned logits equals the same slice of the full sequence, start 0 too.
+    for start in (0, 1, 3):
+        np.testing.assert_allclose(np.asarray(tiny_dream(tokens, window=(start, 4))),
+                                   expect[:, start:start + 4], atol=1e-6, rtol=0)
     # LLaDA: no shift.
     np.testing.assert_allclose(np.asarray(denoise_step(tiny_llada, tokens)),
                                np.asarray(tiny_llada(tokens)), atol=1e-6, rtol=0)

@@ -323,10 +323,9 @@ def test_score_masked_equals_direct_call(family, tiny_llada, tiny_dream):
     with jax.enable_x64(False):
         got = np.asarray(obj.score_masked(model, jnp.asarray(tokens), jnp.asarray(masked),
                                           jnp.asarray(attn)))
-        raw = np.asarray(model(jnp.asarray(np.where(masked, mask_id, tokens)), jnp.asarray(attn)))
-    if family == "dream":  # manual shift: the state at i - 1 predicts token i
-        raw = np.concatenate([raw[:, :1], raw[:, :-1]], axis=1)
-    np.testing.assert_allclose(got, _np_logprobs(raw, tokens), atol=1e-5)
+        aligned = np.asarray(model(jnp.asarray(np.where(masked, mask_id, tokens)),
+                                   jnp.asarray(attn)))
+    np.testing.assert_allclose(got, _np_logprobs(aligned, tokens), atol=1e-5)
 
 
 def test_d1_inputs():
@@ -365,7 +364,7 @@ def test_mc_masks_are_stratified_and_exact():
 
 @nnx.jit
 def _forward(model, tokens):
-    """Raw logits of one plain model call (jitted: the loops below call it many times)."""
+    """Aligned logits of one plain model call (jitted: the loops below call it many times)."""
     return model(tokens)
 
 
@@ -389,8 +388,6 @@ def _naive_mc(model, key, prompt, answer, mc_num, batch, cfg):
                     un_in[:p] = mask_id
                     un = np.asarray(_forward(model, jnp.asarray(un_in[None])))[0]
                     lg = un + (cfg + 1) * (lg - un)
-                if model.config.shift_logits:
-                    lg = np.concatenate([lg[:1], lg[:-1]])
                 lp = _np_logprobs(lg[None], seq[None])[0]
                 tot += -(lp * m).sum() / (counts[s, c] / a)
             per_seq.append(tot / batch)

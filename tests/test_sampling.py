@@ -28,7 +28,7 @@ def python_loop(model, prompt, config, key):
             logits = np.asarray(denoise_step(model, x))[:, lo:lo + n]
             s = None
             if plan.rule == "max_s":
-                _, aux = model(jnp.asarray(x), None, stats_keys_BL=jnp.asarray(x != MASK))
+                _, aux = model.with_attention(jnp.asarray(x), None, keys_BL=jnp.asarray(x != MASK))
                 s = aux["S"][:, lo:lo + n]
             tok_keys, pos_keys = row_step_keys(row_keys, t)
             cand = jnp.asarray(x[:, lo:lo + n] == MASK)

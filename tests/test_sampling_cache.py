@@ -39,10 +39,7 @@ def test_cached_logits_deviation_is_bounded(sharp_llada):
     start = p + 4
     x[:, start:start + n // 2] = rng.integers(2, 60, (2, n // 2))  # half the block committed
     full = np.asarray(denoise_step(sharp_llada, x))[:, start:start + n]
-    pos = np.arange(x.shape[1])
-    in_blk = (pos >= start) & (pos < start + n)
-    dual = np.asarray(sharp_llada.decode_block(jnp.asarray(x), None, cache, start, n,
-                                         jnp.asarray(~in_blk)[None]))
+    dual = np.asarray(sharp_llada.decode_block(jnp.asarray(x), None, cache, start, n, "dual"))
     scale = np.abs(full).max()
     dev = np.abs(dual - full).max() / scale
     # Measured 2026-11-23 on this tiny sharpened model: see docs/benchmarks.md. The cache is
@@ -50,8 +47,7 @@ def test_cached_logits_deviation_is_bounded(sharp_llada):
     assert 1e-6 < dev < 0.25, dev
     # After re-prefilling on the current canvas the cache is exact again.
     _, fresh = sharp_llada.prefill(jnp.asarray(x))
-    exact = np.asarray(sharp_llada.decode_block(jnp.asarray(x), None, fresh, start, n,
-                                          jnp.asarray(~in_blk)[None]))
+    exact = np.asarray(sharp_llada.decode_block(jnp.asarray(x), None, fresh, start, n, "dual"))
     np.testing.assert_allclose(exact, full, atol=1e-4 * scale, rtol=0)
 
 

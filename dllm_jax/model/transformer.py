@@ -198,7 +198,13 @@ class Block(nnx.Module):
 
 
 class Transformer(nnx.Module):
-    """Bidirectional decoder-only transformer returning raw (unshifted) logits ``[B, L, V]``."""
+    """Bidirectional decoder-only transformer.
+
+    Every method returns logits *aligned* so that position ``i`` predicts token ``i``: for
+    Dream (``config.shift_logits``) the hidden state at ``i - 1`` predicts token ``i`` and
+    position 0 keeps its own; that shift is applied in :meth:`_aligned_head` and nowhere else
+    (see docs/model.md, "Logit alignment").
+    """
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.config = config
@@ -212,11 +218,17 @@ class Transformer(nnx.Module):
         self.lm_head = (None if config.tie_word_embeddings
                         else _param(rngs, (d, v), ("embed", "vocab"), dtype))
 
+    @property
+    def shift(self) -> int:
+        """1 when the hidden state at ``i - 1`` predicts token ``i`` (Dream), else 0."""
+        return 1 if self.config.shift_logits else 0
+
     def embed(self, tokens_BL: jax.Array) -> jax.Array:
         table = self.embed_tokens[...]
         return shd.constrain(jnp.take(table, tokens_BL, axis=0), ("batch", "length", "act_embed"))
 
     def head(self, h_BLD: jax.Array) -> jax.Array:
+        """Raw LM-head logits of final hidden states (no alignment)."""
         h_BLD = self.norm(h_BLD)
         if self.lm_head is None:
             kernel = self.embed_tokens[...].T
@@ -225,57 +237,89 @@ class Transformer(nnx.Module):
         logits = jnp.einsum("bld,dv->blv", h_BLD, kernel, preferred_element_type=jnp.float32)
         return shd.constrain(logits.astype(kernel.dtype), ("batch", "length", "act_vocab"))
 
-    def __call__(self, tokens_BL: jax.Array, attention_mask: jax.Array | None = None, *,
-                 positions_BL: jax.Array | None = None,
-                 stats_keys_BL: jax.Array | None = None,
-                 return_attn_mean: bool = False,
-                 window: tuple[Any, int] | None = None) -> Any:
-        """Runs the model.
+    def _aligned_head(self, h_BLD: jax.Array, window: tuple[Any, int] | None) -> jax.Array:
+        """Aligned logits of all positions, or of ``window = (start, n)`` only.
 
-        Args:
-          tokens_BL: int token ids.
-          attention_mask: ``[B, L]`` 1 for real tokens, 0 for padding; padded keys never receive
-            attention. Default: all real.
-          positions_BL: RoPE positions; default ``cumsum(mask) - 1`` (Dream's rule), so a row's
-            positions do not depend on how much left padding the batch needs.
-          stats_keys_BL: if given, a ``[B, L]`` 0/1 indicator of the key set ``U``; the last
-            layer also returns AGDO's attention statistics (SPEC section 6).
-          return_attn_mean: also return the last layer's head-averaged attention ``[B, L, L]``.
-          window: ``(start, length)`` with a static length: return only the logits of positions
-            ``start .. start + length - 1`` (samplers need one block; the LM head over the whole
-            sequence would dominate the cost for a large vocabulary).
-
-        Returns:
-          logits ``[B, L, V]``; with statistics requested, ``(logits, aux)`` where ``aux`` holds
-          ``S`` ``[B, L]`` (mass each query sends to ``U``), ``I`` ``[B, L]`` (attention each key
-          receives, averaged over real queries) and optionally ``attn_mean`` ``[B, L, L]``.
+        With a shift, the window's logits come from hidden states ``start - 1 .. start + n - 2``
+        (at ``start = 0``, position 0 keeps its own logits, as in the full sequence).
         """
+        s, length = self.shift, h_BLD.shape[1]
+        if window is None or window[1] + s > length:
+            logits = self.head(h_BLD)
+            if s:
+                logits = jnp.concatenate([logits[:, :1], logits[:, :-1]], axis=1)
+            if window is None:
+                return logits
+            return jax.lax.dynamic_slice_in_dim(logits, window[0], window[1], axis=1)
+        start, n = window
+        if not s:
+            return self.head(jax.lax.dynamic_slice_in_dim(h_BLD, start, n, axis=1))
+        first = jnp.maximum(start - s, 0)
+        raw = self.head(jax.lax.dynamic_slice_in_dim(h_BLD, first, n + s, axis=1))
+        at_zero = jnp.concatenate([raw[:, :1], raw[:, :n - 1]], axis=1)
+        return jnp.where(start >= s, raw[:, :n], at_zero)
+
+    def _setup(self, tokens_BL: jax.Array, attention_mask: jax.Array | None,
+               positions_BL: jax.Array | None = None):
+        """Key mask ``[B, L]`` (bool) and RoPE tables for one call (default positions:
+        ``cumsum(mask) - 1``, Dream's rule, so left padding does not move a row's positions)."""
         b, l = tokens_BL.shape
-        if attention_mask is None:
-            mask_BL = jnp.ones((b, l), jnp.bool_)
-        else:
-            mask_BL = attention_mask.astype(jnp.bool_)
+        mask_BL = (jnp.ones((b, l), jnp.bool_) if attention_mask is None
+                   else attention_mask.astype(jnp.bool_))
         if positions_BL is None:
             positions_BL = positions_from_mask(mask_BL)
         cos, sin = rope_tables(positions_BL, self.config.head_dim, self.config.rope_theta)
-        want_stats = stats_keys_BL is not None or return_attn_mean
+        return mask_BL, cos, sin
+
+    def _body(self, tokens_BL, mask_BL, cos, sin, *, last_probs: bool = False):
+        """Hidden states after every block (and the last layer's attention probabilities)."""
         x = self.embed(tokens_BL)
         last = len(self.layers) - 1
         probs = None
         for i, layer in enumerate(self.layers):
-            need = want_stats and i == last
+            need = last_probs and i == last
             if self.config.remat != "none" and not need:
                 x, _ = _remat_block(self.config.remat)(layer, x, cos, sin, mask_BL)
             else:
                 x, probs_i = layer(x, cos, sin, mask_BL, need_probs=need)
                 if need:
                     probs = probs_i
-        if window is not None:
-            x = jax.lax.dynamic_slice_in_dim(x, window[0], window[1], axis=1)
-        logits = self.head(x)
-        if not want_stats:
-            return logits
-        return logits, attention_statistics(probs, mask_BL, stats_keys_BL, return_attn_mean)
+        return x, probs
+
+    def __call__(self, tokens_BL: jax.Array, attention_mask: jax.Array | None = None, *,
+                 positions_BL: jax.Array | None = None,
+                 window: tuple[Any, int] | None = None) -> jax.Array:
+        """Aligned logits ``[B, L, V]`` (or ``[B, n, V]`` of ``window``).
+
+        Args:
+          tokens_BL: int token ids.
+          attention_mask: ``[B, L]`` 1 for real tokens, 0 for padding; padded keys never receive
+            attention. Default: all real.
+          positions_BL: RoPE positions; default ``cumsum(mask) - 1``.
+          window: ``(start, n)`` with a static ``n``: only the logits of positions
+            ``start .. start + n - 1`` (samplers need one block; the LM head over the whole
+            sequence would dominate the cost for a large vocabulary).
+        """
+        mask_BL, cos, sin = self._setup(tokens_BL, attention_mask, positions_BL)
+        x, _ = self._body(tokens_BL, mask_BL, cos, sin)
+        return self._aligned_head(x, window)
+
+    def with_attention(self, tokens_BL: jax.Array, attention_mask: jax.Array | None = None, *,
+                       keys_BL: jax.Array | None = None, attn_mean: bool = False,
+                       window: tuple[Any, int] | None = None
+                       ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Aligned logits and AGDO's statistics of the last layer's attention.
+
+        Returns:
+          ``(logits, aux)``: ``aux["I"]`` ``[B, L]`` (attention each key receives, averaged over
+          real queries); with ``keys_BL`` (a 0/1 indicator of the key set ``U``) ``aux["S"]``
+          ``[B, L]`` (mass each query sends to ``U``); with ``attn_mean`` the head-averaged
+          attention ``[B, L, L]``. See docs/objectives.md, "AGDO".
+        """
+        mask_BL, cos, sin = self._setup(tokens_BL, attention_mask)
+        x, probs = self._body(tokens_BL, mask_BL, cos, sin, last_probs=True)
+        aux = attention_statistics(probs, mask_BL, keys_BL, attn_mean)
+        return self._aligned_head(x, window), aux
 
     # ------------------------------------------------------------------ block KV cache
     def prefill(self, tokens_BL: jax.Array, attention_mask: jax.Array | None = None,
@@ -284,14 +328,10 @@ class Transformer(nnx.Module):
         """Full forward that also returns every layer's keys/values.
 
         Returns:
-          raw logits ``[B, L, V]`` (or of the ``window``, as in ``__call__``) and a cache
-          ``{"k", "v"}`` of shape ``[layers, B, L, K, E]``.
+          aligned logits (of the ``window``, as in ``__call__``) and a cache ``{"k", "v"}`` of
+          shape ``[layers, B, L, K, E]``.
         """
-        b, l = tokens_BL.shape
-        mask_BL = (jnp.ones((b, l), jnp.bool_) if attention_mask is None
-                   else attention_mask.astype(jnp.bool_))
-        cos, sin = rope_tables(positions_from_mask(mask_BL), self.config.head_dim,
-                               self.config.rope_theta)
+        mask_BL, cos, sin = self._setup(tokens_BL, attention_mask)
         x = self.embed(tokens_BL)
         ks, vs = [], []
         for layer in self.layers:
@@ -299,38 +339,40 @@ class Transformer(nnx.Module):
             ks.append(k)
             vs.append(v)
             x, _ = layer(x, cos, sin, mask_BL)
-        if window is not None:
-            x = jax.lax.dynamic_slice_in_dim(x, window[0], window[1], axis=1)
-        return self.head(x), {"k": jnp.stack(ks), "v": jnp.stack(vs)}
+        return self._aligned_head(x, window), {"k": jnp.stack(ks), "v": jnp.stack(vs)}
 
     def decode_block(self, tokens_BL: jax.Array, attention_mask: jax.Array | None,
-                     cache: dict[str, jax.Array], start: jax.Array, block_length: int,
-                     visible_BL: jax.Array) -> jax.Array:
-        """Raw logits ``[B, N, V]`` of the N = ``block_length`` positions from ``start`` only.
+                     cache: dict[str, jax.Array], start: jax.Array, length: int,
+                     mode: str = "dual") -> jax.Array:
+        """Aligned logits ``[B, length, V]`` of positions ``start .. start + length - 1``.
 
-        Every layer recomputes the block's queries, keys and values and attends over the cached
-        keys/values of the rest of the sequence, restricted to ``visible_BL`` (the prefix for a
-        prefix cache; prefix and suffix for a dual cache). The cache is approximate for a
-        bidirectional model: it was computed when the block was still masked.
+        The query window (those positions, and with a shift the one before) is recomputed in
+        every layer and attends to itself and to the cached keys/values of the rest of the
+        sequence: the prefix before the window (``mode="prefix"``) or everything outside it
+        (``mode="dual"``). The cache is approximate for a bidirectional model: it was computed
+        when the block was still masked (see docs/sampling.md, "KV cache"). ``start`` must be
+        at least ``self.shift``.
         """
-        b, l = tokens_BL.shape
-        mask_BL = (jnp.ones((b, l), jnp.bool_) if attention_mask is None
-                   else attention_mask.astype(jnp.bool_))
-        cos, sin = rope_tables(positions_from_mask(mask_BL), self.config.head_dim,
-                               self.config.rope_theta)
-        take = functools.partial(jax.lax.dynamic_slice_in_dim, start_index=start,
-                                 slice_size=block_length, axis=1)
-        in_block = (jnp.arange(l) >= start) & (jnp.arange(l) < start + block_length)
-        key_mask = mask_BL & (visible_BL.astype(jnp.bool_) | in_block[None, :])
+        if mode not in ("prefix", "dual"):
+            raise ValueError(f"mode must be 'prefix' or 'dual', got {mode!r}")
+        mask_BL, cos, sin = self._setup(tokens_BL, attention_mask)
+        l = tokens_BL.shape[1]
+        first, size = start - self.shift, length + self.shift
+        pos = jnp.arange(l)
+        in_window = (pos >= first) & (pos < first + size)
+        visible = (pos < first) if mode == "prefix" else ~in_window
+        key_mask = mask_BL & (visible | in_window)[None, :]
+        take = functools.partial(jax.lax.dynamic_slice_in_dim, start_index=first,
+                                 slice_size=size, axis=1)
         x = self.embed(take(tokens_BL))
-        cos_b, sin_b = take(cos), take(sin)
+        cos_w, sin_w = take(cos), take(sin)
         for i, layer in enumerate(self.layers):
-            x = layer.cached(x, cos_b, sin_b, cache["k"][i], cache["v"][i], start, key_mask)
-        return self.head(x)
+            x = layer.cached(x, cos_w, sin_w, cache["k"][i], cache["v"][i], first, key_mask)
+        return self.head(x)[:, :length]
 
 
 def attention_statistics(probs_BKGLM: jax.Array, mask_BL: jax.Array,
-                         keys_BL: jax.Array | None, return_attn_mean: bool) -> dict[str, jax.Array]:
+                         keys_BL: jax.Array | None, attn_mean: bool) -> dict[str, jax.Array]:
     """AGDO statistics from one layer's probabilities (head mean taken here, nowhere else)."""
     attn_BLM = jnp.mean(probs_BKGLM, axis=(1, 2))
     qmask = mask_BL.astype(jnp.float32)
@@ -338,7 +380,7 @@ def attention_statistics(probs_BKGLM: jax.Array, mask_BL: jax.Array,
     aux = {"I": jnp.einsum("blm,bl->bm", attn_BLM, qmask) / n_B[:, None]}
     if keys_BL is not None:
         aux["S"] = jnp.einsum("blm,bm->bl", attn_BLM, keys_BL.astype(jnp.float32))
-    if return_attn_mean:
+    if attn_mean:
         aux["attn_mean"] = attn_BLM
     return aux
 
@@ -360,15 +402,6 @@ def positions_from_mask(mask_BL: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(mask_BL.astype(jnp.int32), axis=-1) - 1, 0)
 
 
-def shift_logits(logits_BLV: jax.Array) -> jax.Array:
-    """Dream's alignment: the hidden state at i-1 predicts token i (position 0 keeps its own)."""
-    return jnp.concatenate([logits_BLV[:, :1], logits_BLV[:, :-1]], axis=1)
-
-
-def align_logits(config: ModelConfig, logits_BLV: jax.Array) -> jax.Array:
-    return shift_logits(logits_BLV) if config.shift_logits else logits_BLV
-
-
 def init_model(config: ModelConfig, seed: int = 0) -> Transformer:
     """A randomly initialised model (normal(0.02) weights, unit norms)."""
     return Transformer(config, rngs=nnx.Rngs(params=seed))
@@ -377,8 +410,7 @@ def init_model(config: ModelConfig, seed: int = 0) -> Transformer:
 @nnx.jit
 def _denoise_step(model: Transformer, tokens_BL: jax.Array, attention_mask: jax.Array
                   ) -> jax.Array:
-    logits = model(tokens_BL, attention_mask)
-    return align_logits(model.config, logits).astype(jnp.float32)
+    return model(tokens_BL, attention_mask).astype(jnp.float32)
 
 
 def denoise_step(model: Transformer, tokens_BL: jax.Array,
@@ -390,9 +422,3 @@ def denoise_step(model: Transformer, tokens_BL: jax.Array,
     if attention_mask is None:
         attention_mask = jnp.ones(tokens_BL.shape, jnp.bool_)
     return _denoise_step(model, jnp.asarray(tokens_BL), jnp.asarray(attention_mask))
-
-
-def aligned_logits(model: Transformer, tokens_BL: jax.Array,
-                   attention_mask: jax.Array | None = None) -> jax.Array:
-    """Unjitted version of :func:`denoise_step` for use inside an outer ``jit``/``scan``."""
-    return align_logits(model.config, model(tokens_BL, attention_mask)).astype(jnp.float32)

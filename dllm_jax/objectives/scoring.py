@@ -1,7 +1,7 @@
-"""Scoring: run the model on constructed inputs and return per-token log-probs (SPEC 2, 6).
+"""Scoring: run the model on constructed inputs and return per-token log-probs.
 
-Dream's logit shift is applied here, once (:func:`aligned`), so every loss sees log-probs where
-position i scores token i. The input builders (d1's one-step estimator, TraceRL / ATPO / AGDO
+The model returns aligned logits (Dream's shift is applied inside it, see docs/model.md), so
+every loss sees log-probs where position i scores token i. The input builders (d1's one-step estimator, TraceRL / ATPO / AGDO
 trajectory states, LLaDA's Monte-Carlo masks) are pure array functions; only
 :func:`score_masked` and :func:`mc_log_likelihood` call the network.
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from dllm_jax.model.transformer import align_logits
 from dllm_jax.objectives.losses import token_logprobs
 
 
@@ -33,8 +32,8 @@ def _mask_id(model) -> int:
 
 def aligned(model, tokens_BL: jax.Array, attention_mask_BL: jax.Array | None = None
             ) -> jax.Array:
-    """Float32 logits ``[B, L, V]`` where position i predicts token i (Dream shift applied)."""
-    return align_logits(model.config, model(tokens_BL, attention_mask_BL)).astype(jnp.float32)
+    """Float32 logits ``[B, L, V]`` where position i predicts token i."""
+    return model(tokens_BL, attention_mask_BL).astype(jnp.float32)
 
 
 def score_masked(model, tokens_BL: jax.Array, masked_BL: jax.Array,
@@ -234,7 +233,7 @@ def mc_log_likelihood(model, key: jax.Array, prompt_BP: jax.Array, answer_BA: ja
     counts ``x_i`` (:func:`mc_masks`) and loss ``sum_{masked} CE / (x_i / A)``; the estimate is
     minus the mean over rounds of the per-round loss averaged over copies. The prompt is never
     masked. ``cfg_scale > 0`` adds LLaDA's unsupervised classifier-free guidance (a second pass
-    with the prompt masked, ``un + (cfg + 1) (cond - un)``). Dream's shift is applied.
+    with the prompt masked, ``un + (cfg + 1) (cond - un)``).
 
     Args:
       model: the masked-diffusion model.

@@ -93,7 +93,7 @@ def _imh(graphdef, state, prompt_BP, pmask_BP, key, *, plan: Plan, alpha: float,
 
         def step(c, j):
             x, lp, lq = c
-            logits = model(x, amask, window=(start - plan.shift, n)).astype(jnp.float32)
+            logits = model(x, amask, window=(start, n)).astype(jnp.float32)
             xb = jax.lax.dynamic_slice_in_dim(x, start, n, axis=1)
             cand = xb == plan.mask_id
             tok_keys, pos_keys = row_step_keys(cand_keys, blk * spb + j)

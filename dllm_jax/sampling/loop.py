@@ -292,28 +292,24 @@ def run_plan(model, prompt_BP: jax.Array, pmask_BP: jax.Array, key: jax.Array, p
 
     def full_logits(x, start):
         x2, m2 = batch2(x)
-        win = (start - plan.shift, n)
+        win = (start, n)
         if need_s:
             keys = (x2 != plan.mask_id) & m2
-            logits, aux = model(x2, m2, stats_keys_BL=keys, window=win)
+            logits, aux = model.with_attention(x2, m2, keys_BL=keys, window=win)
             s = jax.lax.dynamic_slice_in_dim(aux["S"][:b], start, n, axis=1)
             return guide(logits), s
         return guide(model(x2, m2, window=win)), None
 
-    win_len = (g if plan.cache == "prefix" else n) + plan.shift
+    win_len = g if plan.cache == "prefix" else n
 
     def prefill(x, start):
         x2, m2 = batch2(x)
-        logits, cache = model.prefill(x2, m2, window=(start - plan.shift, n))
+        logits, cache = model.prefill(x2, m2, window=(start, n))
         return guide(logits), cache
 
     def cached_logits(x, cache, start):
         x2, m2 = batch2(x)
-        ws = start - plan.shift
-        in_win = (pos >= ws) & (pos < ws + win_len)
-        visible = (pos < ws) if plan.cache == "prefix" else ~in_win
-        raw = model.decode_block(x2, m2, cache, ws, win_len, visible[None])
-        return guide(raw[:, :n])
+        return guide(model.decode_block(x2, m2, cache, start, win_len, plan.cache)[:, :n])
 
     def commit(state, logits, s_bn, start, t, count, last, tprob):
         x, smap, crec, srec = state

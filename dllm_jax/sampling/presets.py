@@ -66,7 +66,6 @@ class Plan:
     mask_id: int = 0
     pad_id: int = 0
     cache: str = "none"
-    shift: int = 0
 
     @property
     def total_steps(self) -> int:
@@ -188,6 +187,7 @@ class LLaDAConfig:
         counts = None
         if self.threshold is None:
             counts = (llada_counts(self.block_length, spb),) * blocks
+        _check_prompt(model_config, prompt_length)
         return Plan(
             gen_length=self.gen_length, block_length=self.block_length, num_blocks=blocks,
             steps_per_block=spb, counts=counts, token_mode="llada", rule=self.remasking,
@@ -195,8 +195,7 @@ class LLaDAConfig:
             alg_temp=float(self.alg_temp), threshold=self.threshold,
             cfg_scale=float(self.cfg_scale), logits_eos_inf=self.logits_eos_inf,
             confidence_eos_eot_inf=self.confidence_eos_eot_inf,
-            **_ids(model_config, self.mask_id, self.eot_token_id), cache=self.cache,
-            shift=_shift(model_config, prompt_length, self.cache))
+            **_ids(model_config, self.mask_id, self.eot_token_id), cache=self.cache)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -253,6 +252,7 @@ class DreamConfig:
         blocks = self.max_new_tokens // bl
         spb = self.steps // blocks
         origin = self.alg == "origin"
+        _check_prompt(model_config, prompt_length)
         return Plan(
             gen_length=self.max_new_tokens, block_length=bl, num_blocks=blocks,
             steps_per_block=spb,
@@ -260,8 +260,7 @@ class DreamConfig:
             token_mode="dream", rule=self.alg, temperature=float(self.temperature),
             top_p=self.top_p, top_k=self.top_k, alg_temp=float(self.alg_temp or 0.0),
             transfer_probs=dream_transfer_probs(spb, self.eps) if origin else None,
-            **_ids(model_config, self.mask_id, None), cache=self.cache,
-            shift=_shift(model_config, prompt_length, self.cache))
+            **_ids(model_config, self.mask_id, None), cache=self.cache)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -317,10 +316,9 @@ def _ids(model_config: ModelConfig, mask_id: int | None, eot: int | None) -> dic
                 pad_id=int(pad if pad is not None else 0), eot_id=-1 if eot is None else int(eot))
 
 
-def _shift(model_config: ModelConfig, prompt_length: int, cache: str) -> int:
-    shift = 1 if model_config.shift_logits else 0
-    _check(prompt_length >= shift, "a model with shifted logits needs a non-empty prompt")
-    return shift
+def _check_prompt(model_config: ModelConfig, prompt_length: int) -> None:
+    _check(prompt_length >= 1 or not model_config.shift_logits,
+           "a model with shifted logits needs a non-empty prompt")
 
 
 def num_blocks_for(gen_length: int, block_length: int) -> int:

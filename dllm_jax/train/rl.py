@@ -212,7 +212,7 @@ def _states(graphdef, params, ref_params, seqs, traj, adv_R, rewards_R, key, *, 
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _agdo_order_jit(graphdef, params, seqs, n_per_step, resp):
     model = nnx.merge(graphdef, nnx.State(params))
-    _, aux = model(seqs, None, return_attn_mean=True)
+    _, aux = model.with_attention(seqs, None, attn_mean=True)
     order = obj.attention_order(aux["attn_mean"], ~resp, resp, n_per_step)
     return order, aux["I"]
 
