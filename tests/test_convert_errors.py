@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from dllm_jax.weights import convert as convert
+from dllm_jax import weights
 from dllm_jax.cli import main
 from dllm_jax.weights.safetensors_io import write_safetensors
 from helpers import tiny_model
@@ -17,7 +17,7 @@ from helpers import tiny_model
 @pytest.fixture(scope="module")
 def good_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("good") / "hf"
-    convert.export_hf(tiny_model("qwen2", seed=5), d)
+    weights.export_hf(tiny_model("qwen2", seed=5), d)
     return d
 
 
@@ -104,8 +104,8 @@ def test_good_input_converts_and_round_trips(good_dir, tmp_path, capsys):
     code = main(["convert", "orbax-to-hf", "--ckpt", str(tmp_path / "ckpt"),
                  "--out", str(tmp_path / "back")])
     assert code == 0
-    a = convert.load_hf(good_dir)
-    b = convert.load_hf(tmp_path / "back")
+    a = weights.load_hf(good_dir)
+    b = weights.load_hf(tmp_path / "back")
     import jax.numpy as jnp
 
     tokens = jnp.arange(10).reshape(2, 5)
@@ -115,15 +115,15 @@ def test_good_input_converts_and_round_trips(good_dir, tmp_path, capsys):
 def test_bfloat16_conversion_and_sharded_export(good_dir, tmp_path):
     import jax.numpy as jnp
 
-    convert.hf_to_checkpoint(good_dir, tmp_path / "bf16", dtype="bfloat16")
-    model = convert.load_checkpoint(tmp_path / "bf16")
+    weights.hf_to_checkpoint(good_dir, tmp_path / "bf16", dtype="bfloat16")
+    model = weights.load_checkpoint(tmp_path / "bf16")
     assert model.config.dtype == "bfloat16"
     assert model.layers[0].mlp.up_proj.kernel.get_value().dtype == jnp.bfloat16
     # Multi-file export with an index, then load it back through the index.
-    convert.export_hf(model, tmp_path / "sharded", max_shard_bytes=20_000)
+    weights.export_hf(model, tmp_path / "sharded", max_shard_bytes=20_000)
     files = sorted(p.name for p in (tmp_path / "sharded").iterdir())
     assert "model.safetensors.index.json" in files and len(files) > 3
-    again = convert.load_hf(tmp_path / "sharded", dtype="bfloat16")
+    again = weights.load_hf(tmp_path / "sharded", dtype="bfloat16")
     tokens = jnp.arange(10).reshape(2, 5)
     np.testing.assert_array_equal(np.asarray(model(tokens), np.float32),
                                   np.asarray(again(tokens), np.float32))

@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from dllm_jax import denoise_step  # noqa: E402
-from dllm_jax.weights import convert  # noqa: E402
+from dllm_jax import weights  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from dllm_jax.model.transformer import Transformer  # noqa: E402
@@ -70,8 +70,8 @@ CASES = [("llama", 2, False), ("llama", 4, True), ("qwen2", 2, True), ("qwen2", 
 def test_hf_parity_and_round_trip(tmp_path, arch, kv_heads, tied):
     hf = _hf_model(arch, kv_heads, tied)
     hf.save_pretrained(tmp_path / "hf")
-    ckpt = convert.hf_to_checkpoint(tmp_path / "hf", tmp_path / "ckpt")
-    model = convert.load_checkpoint(ckpt)
+    ckpt = weights.hf_to_checkpoint(tmp_path / "hf", tmp_path / "ckpt")
+    model = weights.load_checkpoint(ckpt)
     assert model.config.family == arch
     assert model.config.qkv_bias == (arch == "qwen2")
     assert model.config.tie_word_embeddings == tied
@@ -84,7 +84,7 @@ def test_hf_parity_and_round_trip(tmp_path, arch, kv_heads, tied):
         assert np.abs(out - ref)[real].max() <= 1e-4, (arch, left_pad)
 
     # Export back to HF names and reload with transformers.
-    convert.checkpoint_to_hf(ckpt, tmp_path / "export")
+    weights.checkpoint_to_hf(ckpt, tmp_path / "export")
     cls = transformers.LlamaForCausalLM if arch == "llama" else transformers.Qwen2ForCausalLM
     back = cls.from_pretrained(tmp_path / "export").eval()
     tokens, mask = _inputs(True)
@@ -168,15 +168,15 @@ def test_llada_key_layout_matches_llama_layout(tmp_path, shared_dir):
                max_sequence_length=128, mask_token_id=VOCAB - 1, eos_token_id=1, pad_token_id=1)
     (tmp_path / "llada" / "config.json").write_text(json.dumps(cfg))
 
-    llada = convert.load_hf(tmp_path / "llada")
-    llama = convert.load_hf(tmp_path / "llama")
+    llada = weights.load_hf(tmp_path / "llada")
+    llama = weights.load_hf(tmp_path / "llama")
     assert llada.config.family == "llada" and llada.config.rope_theta == 500000.0
     tokens, mask = _inputs(True)
     a = np.asarray(llada(jnp.asarray(tokens), jnp.asarray(mask)))
     b = np.asarray(llama(jnp.asarray(tokens), jnp.asarray(mask)))
     np.testing.assert_array_equal(a, b)
     # Export writes the LLaDA names back (291 tensors at full size; 2 * 9 + 3 here).
-    convert.export_hf(llada, tmp_path / "llada_export")
+    weights.export_hf(llada, tmp_path / "llada_export")
     from dllm_jax.weights.safetensors_io import SafetensorsFile
 
     keys = set(SafetensorsFile(tmp_path / "llada_export" / "model.safetensors").keys())

@@ -85,13 +85,13 @@ def test_full_size_parameter_counts(make, expected, rel):
 @pytest.mark.parametrize("source", ["hf", "orbax"])
 def test_from_pretrained_restores_onto_mesh(model_and_ref, tmp_path, source):
     import dllm_jax
-    from dllm_jax.weights import convert as convert
+    from dllm_jax import weights
 
     model, tokens, mask, ref = model_and_ref
     if source == "hf":
-        path = convert.export_hf(model, tmp_path / "hf")
+        path = weights.export_hf(model, tmp_path / "hf")
     else:
-        path = convert.save_checkpoint(model, tmp_path / "ckpt")
+        path = weights.save_checkpoint(model, tmp_path / "ckpt")
     mesh = shd.make_mesh((2, 2, 2))
     loaded = dllm_jax.from_pretrained(path, mesh=mesh)
     specs = shd.param_specs(loaded)

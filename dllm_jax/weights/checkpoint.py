@@ -1,0 +1,100 @@
+"""dllm-jax checkpoints: ``dllm_jax_config.json`` (the :class:`ModelConfig`) and ``params/``
+(an orbax checkpoint of the NNX parameter state).
+
+Every writer builds its output in a temporary sibling directory and renames it into place when
+complete, so an interrupted run never leaves something that looks finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+from jax.sharding import Mesh
+
+from dllm_jax.errors import ConversionError
+from dllm_jax.model import sharding as shd
+from dllm_jax.model.config import ModelConfig
+from dllm_jax.model.transformer import Transformer
+from dllm_jax.weights.keys import abstract_state
+
+CONFIG_NAME = "dllm_jax_config.json"
+PARAMS_DIR = "params"
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yields a temporary directory that is renamed to ``out`` only if the block succeeds.
+
+    Raises:
+      ConversionError: ``out`` exists and is not empty.
+    """
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConversionError(f"{out}: output exists and is not empty")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_checkpoint(model: Transformer, out: str | os.PathLike[str]) -> Path:
+    """Writes ``model`` as a dllm-jax checkpoint (orbax), atomically."""
+    with atomic_output_dir(out) as tmp:
+        (tmp / CONFIG_NAME).write_text(json.dumps(model.config.to_dict(), indent=2))
+        state = nnx.state(model, nnx.Param)
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save((tmp / PARAMS_DIR).absolute(), nnx.to_pure_dict(state))
+    return Path(out)
+
+
+def is_checkpoint(path: str | os.PathLike[str]) -> bool:
+    return (Path(path) / CONFIG_NAME).is_file()
+
+
+def load_checkpoint(path: str | os.PathLike[str], dtype: str | None = None,
+                    mesh: Mesh | None = None, rules: shd.ShardingRules | None = None
+                    ) -> Transformer:
+    """Restores a dllm-jax checkpoint, directly into the mesh's shardings when given."""
+    path = Path(path)
+    cfg_file = path / CONFIG_NAME
+    if not cfg_file.is_file():
+        raise ConversionError(f"{cfg_file}: missing (not a dllm-jax checkpoint)")
+    if not (path / PARAMS_DIR).is_dir():
+        raise ConversionError(f"{path / PARAMS_DIR}: missing (incomplete checkpoint)")
+    config = ModelConfig.from_dict(json.loads(cfg_file.read_text()))
+    saved_dtype = config.dtype
+    if dtype is not None:
+        config = config.replace(dtype=dtype)
+    graphdef, state = abstract_state(config.replace(dtype=saved_dtype))
+    if mesh is None:
+        mesh = Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1, 1), shd.MESH_AXES)
+    shardings = shd.state_shardings(state, mesh, rules)
+    target = jax.tree.map(
+        lambda v, s: jax.ShapeDtypeStruct(v.get_value().shape, v.get_value().dtype,
+                                          sharding=s.get_value()),
+        state, shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    with ocp.StandardCheckpointer() as ckptr:
+        restored = ckptr.restore((path / PARAMS_DIR).absolute(), nnx.to_pure_dict(target))
+    nnx.replace_by_pure_dict(state, restored)
+    if config.dtype != saved_dtype:
+        new = jnp.dtype(config.dtype)
+        state = jax.tree.map(lambda x: x.astype(new), state)
+    graphdef, _ = abstract_state(config)
+    return nnx.merge(graphdef, state)
