@@ -1,4 +1,4 @@
-"""Parity with transformers' own PyTorch models run bidirectionally (SPEC section 1)."""
+"""Parity with transformers' own PyTorch models run bidirectionally ."""
 
 from __future__ import annotations
 
@@ -128,7 +128,7 @@ def test_dream_denoise_step_is_shifted(tiny_dream, tiny_llada):
                                np.asarray(tiny_llada(tokens)), atol=1e-6, rtol=0)
 
 
-# SPEC section 1: LLaDA's own key names, written here independently of the package's table.
+# LLaDA's own key names (as published in its checkpoints), written here independently of the package's table.
 _LLADA_KEYS = {
     "model.embed_tokens.weight": "model.transformer.wte.weight",
     "model.norm.weight": "model.transformer.ln_f.weight",

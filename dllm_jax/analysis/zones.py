@@ -1,4 +1,4 @@
-"""Denoising-trajectory analysis: step metrics, z-scores and confusion zones (SPEC section 4).
+"""Denoising-trajectory analysis: step metrics, z-scores and confusion zones (docs/analysis.md).
 
 Inputs are the sampler's :class:`dllm_jax.sampling.Trajectory` arrays (or any ``[B, T]``
 profiles). Everything here is NumPy on the host: trajectories are small, and analysis runs

@@ -1,4 +1,4 @@
-"""AGDO: attention-guided denoising order and loss weighting (SPEC 6, arXiv 2606.12273).
+"""AGDO: attention-guided denoising order and loss weighting (arXiv 2606.12273; docs/objectives.md, "AGDO").
 
 From one last-layer attention pass on a completed sequence (``A_bar = mean_h A^{(L,h)}``, the
 model's ``return_attn_mean=True`` output): the denoising order (greedy top-n by

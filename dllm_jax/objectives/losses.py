@@ -1,4 +1,4 @@
-"""Training objectives as pure functions of arrays returning ``(loss, aux)`` (SPEC 2 and 6).
+"""Training objectives as pure functions of arrays returning ``(loss, aux)`` (docs/objectives.md).
 
 No function here runs a model: scoring (``dllm_jax.objectives.scoring``) turns a model and
 inputs into per-token log-probs; these functions turn log-probs into losses. Shapes: B rows,
@@ -30,7 +30,7 @@ def _rank(name: str, x: jax.Array, rank: int) -> None:
 
 def forward_mask(key: jax.Array, tokens_BL: jax.Array, maskable_BL: jax.Array, mask_id: int,
                  eps: float = 1e-3) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """LLaDA's forward process (SPEC 2).
+    """LLaDA's forward process.
 
     Per row ``t ~ U(0, 1)`` and ``p_mask = (1 - eps) t + eps``; each maskable token is replaced
     by ``mask_id`` independently with probability ``p_mask``.
@@ -80,7 +80,7 @@ def token_logprobs(logits_BLV: jax.Array, targets_BL: jax.Array) -> jax.Array:
 
 def masked_diffusion_loss(logp_BL: jax.Array, masked_BL: jax.Array, p_mask_B: jax.Array,
                           valid_BL: jax.Array | None = None) -> tuple[jax.Array, dict]:
-    """Pre-training loss ``-sum_{b,i} 1[masked] log p_{b,i} / p_mask_b / (B * L)`` (SPEC 2).
+    """Pre-training loss ``-sum_{b,i} 1[masked] log p_{b,i} / p_mask_b / (B * L)``.
 
     Args:
       logp_BL: log-probs of the clean tokens given the noisy input.
@@ -106,7 +106,7 @@ def masked_diffusion_loss(logp_BL: jax.Array, masked_BL: jax.Array, p_mask_B: ja
 
 def sft_loss(logp_BL: jax.Array, masked_BL: jax.Array, p_mask_B: jax.Array,
              response_mask_BL: jax.Array) -> tuple[jax.Array, dict]:
-    """SFT loss (SPEC 2): the prompt is never masked; per row
+    """SFT loss : the prompt is never masked; per row
     ``-sum_i 1[masked_i] 1[response_i] log p_i / p_mask / max(response_len, 1)``, mean over rows.
 
     Args:
@@ -131,7 +131,7 @@ def sft_loss(logp_BL: jax.Array, masked_BL: jax.Array, p_mask_B: jax.Array,
 
 
 def group_advantages(rewards_R: jax.Array, group_size: int, mode: str = "center") -> jax.Array:
-    """Group-relative advantages over consecutive groups of ``group_size`` rollouts (SPEC 6).
+    """Group-relative advantages over consecutive groups of ``group_size`` rollouts.
 
     Args:
       rewards_R: ``[R]`` rewards, rollouts of one prompt adjacent (R a multiple of the group).
@@ -180,7 +180,7 @@ def clipped_objective(logp: jax.Array, logp_old: jax.Array, adv: jax.Array, eps:
 def diffu_grpo_loss(logp_BL: jax.Array, logp_old_BL: jax.Array, logp_ref_BL: jax.Array | None,
                     adv_B: jax.Array, completion_mask_BL: jax.Array, *, eps: float = 0.5,
                     beta: float = 0.04) -> tuple[jax.Array, dict]:
-    """diffu-GRPO (d1, SPEC 6).
+    """diffu-GRPO (d1).
 
     Per token ``-min(rho A, clip(rho, 1 - eps, 1 + eps) A) + beta * k3``, averaged over each
     row's completion tokens (build the mask with :func:`completion_mask_until_eos` to stop at
@@ -220,7 +220,7 @@ def tracerl_loss(logp_SL: jax.Array, logp_old_SL: jax.Array, logp_ref_SL: jax.Ar
                  adv_S: jax.Array, target_mask_SL: jax.Array, num_rollouts: int, *,
                  eps: float = 0.2, beta: float = 0.01, adv_SL: jax.Array | None = None
                  ) -> tuple[jax.Array, dict]:
-    """TraceRL's trajectory loss (SPEC 6).
+    """TraceRL's trajectory loss.
 
     Per state, the mean over its target tokens of ``-clipped objective (+ beta k3)``; summed
     over states (a state without targets adds 0) and divided by the rollout count, i.e. the sum
@@ -260,7 +260,7 @@ def tracerl_loss(logp_SL: jax.Array, logp_old_SL: jax.Array, logp_ref_SL: jax.Ar
 
 def wd1_loss(logp_BL: jax.Array, completion_mask_BL: jax.Array, adv_B: jax.Array,
              group_size: int) -> tuple[jax.Array, dict]:
-    """wd1 (ratio-free, SPEC 6).
+    """wd1 (ratio-free).
 
     With ``w+ = softmax_group(A)`` and ``w- = softmax_group(-A)`` per group of
     ``group_size`` rollouts, ``-sum_i w+_i sum_k log pi(o_ik) + sum_i w-_i sum_k log pi(o_ik)``,

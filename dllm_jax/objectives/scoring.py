@@ -59,7 +59,7 @@ def score_masked(model, tokens_BL: jax.Array, masked_BL: jax.Array,
 def d1_inputs(key: jax.Array, tokens_BL: jax.Array, prompt_mask_BL: jax.Array,
               completion_mask_BL: jax.Array, p_mask_prompt: float, mask_id: int
               ) -> tuple[jax.Array, jax.Array]:
-    """d1's one-step estimator input (diffu-GRPO, SPEC 6).
+    """d1's one-step estimator input (diffu-GRPO; docs/objectives.md).
 
     The whole completion is masked and each prompt token is masked independently with
     probability ``p_mask_prompt``; pass a fresh key per inner iteration (d1 re-draws the prompt

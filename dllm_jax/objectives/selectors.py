@@ -1,4 +1,4 @@
-"""Which denoising states enter the trajectory loss: ATPO and its baselines (SPEC 6).
+"""Which denoising states enter the trajectory loss: ATPO and its baselines (docs/objectives.md, "ATPO step selection").
 
 Every selector maps the rollouts' recorded step profiles (``entropy``, ``margin``, ``roec``,
 each ``[B, T]``) and a budget of K states per rollout to step ranges ``starts_BK`` and
