@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 
 import numpy as np
 import pytest
@@ -51,7 +52,67 @@ def _edit_config(d, **changes):
     (d / "config.json").write_text(json.dumps(cfg))
 
 
+def _patch_header(d, edit):
+    """Rewrites the JSON header of model.safetensors with ``edit(header) -> header`` (or raw
+    bytes), keeping the data bytes as they are."""
+    f = d / "model.safetensors"
+    raw = f.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    new = edit(json.loads(raw[8:8 + n]))
+    blob = new if isinstance(new, bytes) else json.dumps(new).encode()
+    f.write_bytes(struct.pack("<Q", len(blob)) + blob + raw[8 + n:])
+
+
+def _first(header):
+    return sorted(k for k in header if k != "__metadata__")[0]
+
+
+def _set_offsets(shift):
+    """Moves the first tensor's data_offsets by ``shift`` (keeping its length)."""
+    def edit(h):
+        k = _first(h)
+        b, e = h[k]["data_offsets"]
+        h[k]["data_offsets"] = [b + shift, e + shift]
+        return h
+    return edit
+
+
+def _negative_offsets(h):
+    k = _first(h)
+    b, e = h[k]["data_offsets"]
+    h[k]["data_offsets"] = [-(e - b), 0]
+    return h
+
+
+def _second_overlaps(h):
+    k = sorted((v["data_offsets"][0], k) for k, v in h.items() if k != "__metadata__")[1][1]
+    b, e = h[k]["data_offsets"]
+    h[k]["data_offsets"] = [b - 4, e - 4]
+    return h
+
+
 CASES = {
+    "header_negative_offsets": (lambda d: _patch_header(d, _negative_offsets),
+                                "data_offsets [-"),
+    "header_is_a_list": (lambda d: _patch_header(d, lambda h: [h]),
+                         "corrupt header (a JSON list, not an object)"),
+    "header_without_offsets": (lambda d: _patch_header(
+        d, lambda h: {**h, _first(h): {k: v for k, v in h[_first(h)].items()
+                                       if k != "data_offsets"}}), "data_offsets None"),
+    "header_overlapping_tensors": (lambda d: _patch_header(d, _second_overlaps), "overlaps"),
+    "header_gap": (lambda d: _patch_header(d, lambda h: {
+        k: ({**v, "data_offsets": [v["data_offsets"][0] + 4, v["data_offsets"][1] + 4]}
+            if k != "__metadata__" else v) for k, v in h.items()}), "gap"),
+    "header_size_mismatch": (lambda d: _patch_header(d, lambda h: {
+        **h, _first(h): {**h[_first(h)], "shape": [1]}}), "needs 4"),
+    "header_not_utf8": (lambda d: _patch_header(d, lambda h: b'{"\xff": 1}'.replace(
+        b"\\xff", bytes([255]))), "corrupt header"),
+    "nan_weights": (lambda d: _rewrite(d, lambda t: t.__setitem__(
+        "model.norm.weight", np.full(t["model.norm.weight"].shape, np.nan, np.float32))),
+        "tensor model.norm.weight holds NaN or Inf"),
+    "int_weights": (lambda d: _rewrite(d, lambda t: t.__setitem__(
+        "model.norm.weight", np.ones(t["model.norm.weight"].shape, np.int32))),
+        "tensor model.norm.weight has dtype I32, expected a floating-point tensor"),
     "missing_safetensors": (lambda d: (d / "model.safetensors").unlink(),
                             "no .safetensors files found"),
     "truncated": (lambda d: (d / "model.safetensors").write_bytes(
@@ -127,3 +188,30 @@ def test_bfloat16_conversion_and_sharded_export(good_dir, tmp_path):
     tokens = jnp.arange(10).reshape(2, 5)
     np.testing.assert_array_equal(np.asarray(model(tokens), np.float32),
                                   np.asarray(again(tokens), np.float32))
+
+
+def test_nonfinite_weights_kept_on_request(good_dir, tmp_path, capsys):
+    d = _copy(good_dir, tmp_path)
+    _rewrite(d, lambda t: t.__setitem__(
+        "model.norm.weight", np.full(t["model.norm.weight"].shape, np.inf, np.float32)))
+    code = main(["convert", "hf-to-orbax", "--hf-dir", str(d), "--out", str(tmp_path / "o"),
+                 "--allow-nonfinite"])
+    assert code == 0, capsys.readouterr().err
+    norm = weights.load_checkpoint(tmp_path / "o").norm.weight.get_value()
+    assert np.isinf(np.asarray(norm)).all()
+
+
+@pytest.mark.parametrize("field,value,what", [
+    ("rope_scaling", {"type": "linear", "factor": 2.0}, "rope scaling"),
+    ("use_sliding_window", True, "sliding-window attention"),
+    ("partial_rotary_factor", 0.5, "partial rotary embeddings"),
+])
+def test_llada_config_refuses_math_changing_fields(field, value, what):
+    from dllm_jax.errors import ConfigError
+    from dllm_jax.model.config import ModelConfig
+    from helpers import tiny_config
+
+    hf = tiny_config("llada").to_hf_config()
+    ModelConfig.from_hf_config(hf)  # the plain config is accepted
+    with pytest.raises(ConfigError, match=f"changes the maths \\({what}\\)"):
+        ModelConfig.from_hf_config({**hf, field: value})

@@ -14,6 +14,8 @@ def add_convert_parser(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--hf-dir", required=True, help="directory with config.json + *.safetensors")
     a.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
     a.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    a.add_argument("--allow-nonfinite", action="store_true",
+                   help="keep tensors holding NaN or Inf (refused by default)")
     a.set_defaults(func=_convert_hf_to_orbax)
     b = sub.add_parser("orbax-to-hf", help="dllm-jax checkpoint -> HF safetensors directory")
     b.add_argument("--ckpt", required=True, help="dllm-jax checkpoint directory")
@@ -24,7 +26,8 @@ def add_convert_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _convert_hf_to_orbax(args: argparse.Namespace) -> int:
-    out = hf_to_checkpoint(args.hf_dir, args.out, dtype=args.dtype)
+    out = hf_to_checkpoint(args.hf_dir, args.out, dtype=args.dtype,
+                           allow_nonfinite=args.allow_nonfinite)
     print(f"wrote dllm-jax checkpoint to {out}")
     return 0
 

@@ -276,6 +276,15 @@ _CONSUMED["dream"] = _CONSUMED["llama"] = _CONSUMED["qwen2"] = {
 }
 
 
+_WHAT = {"rope_scaling": "rope scaling", "mlp_bias": "bias on the MLP projections",
+         "attention_bias": "attention bias on o_proj", "pretraining_tp": "tensor-parallel "
+         "slicing of the projections", "hidden_act": "a non-SiLU activation",
+         "partial_rotary_factor": "partial rotary embeddings",
+         "use_sliding_window": "sliding-window attention",
+         "attn_logit_softcapping": "attention logit soft-capping",
+         "final_logit_softcapping": "final logit soft-capping"}
+
+
 def _check_math_fields(hf: dict[str, Any], family: str, source: str) -> None:
     if family == "llada":
         for key, want in _LLADA_REQUIRED.items():
@@ -283,15 +292,12 @@ def _check_math_fields(hf: dict[str, Any], family: str, source: str) -> None:
                 raise ConfigError(
                     f"{source}: field {key}={hf[key]!r} changes the model's maths and is not "
                     f"supported (supported: {want!r})")
-        return
     for key, accepted in _HF_FORBIDDEN.items():
-        if key in hf and hf[key] not in accepted:
-            what = {"attention_bias": "attention bias on o_proj",
-                    "rope_scaling": "rope scaling",
-                    "use_sliding_window": "sliding-window attention"}.get(key, "it")
+        if key in hf and hf[key] not in accepted and not (family == "llada"
+                                                          and key == "hidden_act"):
             raise ConfigError(
-                f"{source}: field {key}={hf[key]!r} changes the maths ({what}) and is not "
-                f"supported")
+                f"{source}: field {key}={hf[key]!r} changes the maths "
+                f"({_WHAT.get(key, key)}) and is not supported")
     rope = hf.get("rope_parameters")
     if isinstance(rope, dict) and rope.get("rope_type", "default") != "default":
         raise ConfigError(

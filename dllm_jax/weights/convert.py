@@ -36,12 +36,12 @@ def from_pretrained(path: str | os.PathLike[str], dtype: str = "float32",
 
 
 def hf_to_checkpoint(hf_dir: str | os.PathLike[str], out: str | os.PathLike[str],
-                     dtype: str = "float32") -> Path:
+                     dtype: str = "float32", allow_nonfinite: bool = False) -> Path:
     """``dllm-jax convert hf-to-orbax``: validates everything, then writes atomically."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConversionError(f"{out}: output exists and is not empty")
-    model = load_hf(hf_dir, dtype=dtype)
+    model = load_hf(hf_dir, dtype=dtype, allow_nonfinite=allow_nonfinite)
     return save_checkpoint(model, out)
 
 

@@ -22,7 +22,12 @@ from dllm_jax.model.config import ModelConfig
 from dllm_jax.model.transformer import Transformer
 from dllm_jax.weights.checkpoint import atomic_output_dir
 from dllm_jax.weights.keys import abstract_state, flat_paths, hf_key
-from dllm_jax.weights.safetensors_io import SafetensorsError, SafetensorsFile, write_safetensors
+from dllm_jax.weights.safetensors_io import (
+    FLOAT_DTYPES,
+    SafetensorsError,
+    SafetensorsFile,
+    write_safetensors,
+)
 
 
 def read_hf_config(hf_dir: Path) -> dict[str, Any]:
@@ -91,6 +96,10 @@ def _plan_import(config: ModelConfig, state: nnx.State, by_key: dict[str, Safete
             raise ConversionError(
                 f"{by_key[key].path}: tensor {key} has shape {list(by_key[key].shape(key))}, "
                 f"expected {list(want[::-1] if transpose else want)}")
+        stored = by_key[key].dtype_name(key)
+        if stored not in FLOAT_DTYPES:
+            raise ConversionError(f"{by_key[key].path}: tensor {key} has dtype {stored}, "
+                                  f"expected a floating-point tensor")
         plan.append((path, key, transpose))
     tied_head = {hf_key(config.family, "lm_head")[0]} if config.tie_word_embeddings else set()
     unexpected = sorted(set(by_key) - expected - tied_head)
@@ -103,11 +112,13 @@ def _plan_import(config: ModelConfig, state: nnx.State, by_key: dict[str, Safete
 
 
 def load_hf(hf_dir: str | os.PathLike[str], dtype: str = "float32", mesh: Mesh | None = None,
-            rules: shd.ShardingRules | None = None, **config_overrides: Any) -> Transformer:
+            rules: shd.ShardingRules | None = None, allow_nonfinite: bool = False,
+            **config_overrides: Any) -> Transformer:
     """Loads an HF checkpoint directory, streaming tensor by tensor from the safetensors files.
 
     On a mesh each device receives only its own slices (``make_array_from_callback`` over the
-    memory-mapped file), so the full model never sits on one device.
+    memory-mapped file), so the full model never sits on one device. A tensor holding NaN or
+    Inf is refused (naming the file and tensor) unless ``allow_nonfinite``.
     """
     hf_dir = Path(hf_dir)
     hf = read_hf_config(hf_dir)
@@ -133,7 +144,11 @@ def load_hf(hf_dir: str | os.PathLike[str], dtype: str = "float32", mesh: Mesh |
             if transpose:
                 arr = arr.T
             # An explicit copy: the device buffer must not alias the (released) mapping.
-            return np.array(arr[index], dtype=target, copy=True)
+            out = np.array(arr[index], dtype=target, copy=True)
+            if not allow_nonfinite and not np.isfinite(out.astype(np.float32)).all():
+                raise ConversionError(f"{src.path}: tensor {key} holds NaN or Inf values "
+                                      f"(pass allow_nonfinite / --allow-nonfinite to keep them)")
+            return out
 
         if shardings is not None:
             sharding = shardings[path].get_value()

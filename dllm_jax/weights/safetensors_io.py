@@ -1,8 +1,9 @@
-"""Minimal streaming safetensors reader/writer (mmap in, one tensor at a time out).
+"""Streaming safetensors reader/writer (mmap in, one tensor at a time out).
 
-The ``safetensors`` package's NumPy backend cannot hold bfloat16 and its writer needs every
-tensor in memory at once; both matter for 8B checkpoints, so the (simple, documented) file
-format is read and written here directly: ``u64 header length | JSON header | raw bytes``.
+Headers are validated by the ``safetensors`` package and by checks here that name the file and
+tensor in every error. Tensor bytes are then read through a memory map: the package's NumPy
+backend cannot hold bfloat16 and its writer needs every tensor in memory at once, both of
+which matter for 8B checkpoints (format: ``u64 header length | JSON header | raw bytes``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ DTYPES: dict[str, Any] = {
     "BOOL": np.bool_,
 }
 _NAMES = {np.dtype(v): k for k, v in DTYPES.items()}
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 
 
 class SafetensorsError(ValueError):
@@ -31,7 +33,15 @@ class SafetensorsError(ValueError):
 
 
 class SafetensorsFile:
-    """Header-validated, memory-mapped view of one ``.safetensors`` file."""
+    """Header-validated, memory-mapped view of one ``.safetensors`` file.
+
+    The header is validated twice before any tensor is read: by the maintained ``safetensors``
+    package (``safe_open``), and here, so that every error names the file and the tensor: the
+    header is a JSON object; each entry has a known dtype, a shape of non-negative ints and
+    ``data_offsets`` ``[begin, end]`` with ``0 <= begin <= end``; ``end - begin`` equals the
+    shape's element count times the dtype's size; the tensors tile the data section without
+    gaps or overlaps; and the file holds exactly the bytes the header promises.
+    """
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
@@ -46,20 +56,17 @@ class SafetensorsFile:
                                        f"(header length {n}, file size {size})")
             try:
                 header = json.loads(f.read(n))
-            except json.JSONDecodeError as e:
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise SafetensorsError(f"{self.path}: corrupt header ({e})") from None
-        self.metadata = header.pop("__metadata__", {}) or {}
+        if not isinstance(header, dict):
+            raise SafetensorsError(f"{self.path}: corrupt header (a JSON "
+                                   f"{type(header).__name__}, not an object)")
+        meta = header.pop("__metadata__", {}) or {}
+        self.metadata = meta if isinstance(meta, dict) else {}
         self.header: dict[str, dict[str, Any]] = header
         self.data_start = 8 + n
-        end = max((v["data_offsets"][1] for v in header.values()), default=0)
-        if self.data_start + end > size:
-            raise SafetensorsError(
-                f"{self.path}: truncated (header needs {self.data_start + end} bytes, file has "
-                f"{size})")
-        for name, info in header.items():
-            if info.get("dtype") not in DTYPES:
-                raise SafetensorsError(f"{self.path}: tensor {name} has unsupported dtype "
-                                       f"{info.get('dtype')!r}")
+        _validate_entries(self.path, header, size - self.data_start)
+        _validate_with_package(self.path)
         self._mm: mmap.mmap | None = None
 
     def keys(self) -> list[str]:
@@ -67,6 +74,10 @@ class SafetensorsFile:
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.header[name]["shape"])
+
+    def dtype_name(self, name: str) -> str:
+        """The stored dtype's safetensors name (``F32``, ``BF16``, ...)."""
+        return self.header[name]["dtype"]
 
     def get(self, name: str) -> np.ndarray:
         """Zero-copy read-only view of one tensor (pages are read on demand)."""
@@ -96,6 +107,53 @@ class SafetensorsFile:
             except BufferError:  # a view is still alive; the GC will close it
                 pass
             self._mm = None
+
+
+def _validate_entries(path: Path, header: dict[str, Any], data_size: int) -> None:
+    spans = []
+    for name, info in header.items():
+        where = f"{path}: tensor {name}"
+        if not isinstance(info, dict):
+            raise SafetensorsError(f"{where}: header entry is not an object")
+        if info.get("dtype") not in DTYPES:
+            raise SafetensorsError(f"{where} has unsupported dtype {info.get('dtype')!r}")
+        shape, offsets = info.get("shape"), info.get("data_offsets")
+        if not isinstance(shape, list) or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise SafetensorsError(f"{where}: shape {shape!r} is not a list of non-negative ints")
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+                or not 0 <= offsets[0] <= offsets[1]):
+            raise SafetensorsError(f"{where}: data_offsets {offsets!r} are not [begin, end] "
+                                   f"with 0 <= begin <= end")
+        want = int(np.prod(shape, dtype=np.int64)) * np.dtype(DTYPES[info["dtype"]]).itemsize
+        if offsets[1] - offsets[0] != want:
+            raise SafetensorsError(f"{where}: data_offsets {offsets} span "
+                                   f"{offsets[1] - offsets[0]} bytes, but shape {shape} of "
+                                   f"{info['dtype']} needs {want}")
+        spans.append((offsets[0], offsets[1], name))
+    end = 0
+    for begin, stop, name in sorted(spans):
+        if begin != end:
+            kind = "overlaps the previous tensor" if begin < end else "leaves a gap before it"
+            raise SafetensorsError(f"{path}: tensor {name}: data_offsets [{begin}, {stop}] "
+                                   f"{kind}")
+        end = stop
+    if end != data_size:
+        state = "truncated" if end > data_size else "has trailing bytes"
+        raise SafetensorsError(f"{path}: {state} (header needs {end} data bytes, file has "
+                               f"{data_size})")
+
+
+def _validate_with_package(path: Path) -> None:
+    """The maintained parser's own validation (a second gate; its message names the file)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy"):
+            pass
+    except (SafetensorError, OSError) as e:
+        raise SafetensorsError(f"{path}: {str(e).splitlines()[0]}") from None
 
 
 def write_safetensors(path: str | os.PathLike[str],
