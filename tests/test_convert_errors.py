@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -215,3 +219,35 @@ def test_llada_config_refuses_math_changing_fields(field, value, what):
     ModelConfig.from_hf_config(hf)  # the plain config is accepted
     with pytest.raises(ConfigError, match=f"changes the maths \\({what}\\)"):
         ModelConfig.from_hf_config({**hf, field: value})
+
+
+def test_stale_temporaries_of_killed_writers_are_removed(good_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    dead = tmp_path / ".out.tmp-999999999-abc"  # no such process
+    dead.mkdir()
+    (dead / "junk").write_bytes(b"x" * 1000)
+    live = tmp_path / f".out.tmp-{os.getpid()}-def"  # this process: still alive, kept
+    live.mkdir()
+    assert _run(good_dir, out, capsys)[0] == 0
+    assert not dead.exists() and live.exists()
+    mode = out.stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o777 & ~umask, oct(mode)
+
+
+def test_sigterm_removes_the_temporary_directory(tmp_path):
+    script = (
+        "import sys, time\n"
+        "from dllm_jax.weights.checkpoint import atomic_output_dir\n"
+        "with atomic_output_dir(sys.argv[1]) as tmp:\n"
+        "    (tmp / 'part').write_text('half')\n"
+        "    print('ready', flush=True)\n"
+        "    time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "out")],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.tmp-")]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 143
+    assert list(tmp_path.iterdir()) == []

@@ -11,7 +11,9 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,9 +34,54 @@ CONFIG_NAME = "dllm_jax_config.json"
 PARAMS_DIR = "params"
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(out: Path) -> list[Path]:
+    """Removes ``.<name>.tmp-<pid>-*`` siblings of ``out`` left by writers that were killed
+    (their process no longer exists); returns what was removed."""
+    removed = []
+    for tmp in out.parent.glob(f".{out.name}.tmp-*"):
+        pid = tmp.name[len(f".{out.name}.tmp-"):].split("-", 1)[0]
+        if tmp.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises ``SystemExit(143)`` inside the block (main thread only), so cleanup code
+    runs when a job scheduler or ``kill`` stops the process."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out: str | os.PathLike[str]) -> Iterator[Path]:
     """Yields a temporary directory that is renamed to ``out`` only if the block succeeds.
+
+    The temporary directory ``.<name>.tmp-<pid>-*`` sits beside ``out``; it is removed when the
+    block fails, is interrupted or the process gets SIGTERM, and a later writer to the same
+    ``out`` removes ones left by killed processes (SIGKILL). The result gets the usual
+    permissions (``0777 & ~umask``), not the private mode of a temporary directory.
 
     Raises:
       ConversionError: ``out`` exists and is not empty.
@@ -43,15 +90,20 @@ def atomic_output_dir(out: str | os.PathLike[str]) -> Iterator[Path]:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConversionError(f"{out}: output exists and is not empty")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        yield tmp
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    remove_stale_temporaries(out)
+    with _sigterm_raises():
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+        try:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o777 & ~umask)
+            yield tmp
+            if out.exists():
+                out.rmdir()
+            os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def save_checkpoint(model: Transformer, out: str | os.PathLike[str]) -> Path:
