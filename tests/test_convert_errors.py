@@ -251,3 +251,56 @@ def test_sigterm_removes_the_temporary_directory(tmp_path):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 143
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda hf: [hf], "expected a JSON object, got a JSON list"),
+    (lambda hf: {k: v for k, v in hf.items() if k != "hidden_size"}, "missing field 'hidden_size'"),
+    (lambda hf: {**hf, "num_attention_heads": 0}, "num_attention_heads=0 must be a positive"),
+    (lambda hf: {**hf, "num_hidden_layers": [2]}, "num_hidden_layers=[2] must be a positive"),
+    (lambda hf: {**hf, "rope_theta": "fast"}, "malformed field value"),
+])
+def test_malformed_config_json_is_one_line(good_dir, tmp_path, capsys, edit, message):
+    d = _copy(good_dir, tmp_path)
+    hf = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps(edit(hf)))
+    code, err = _run(d, tmp_path / "out", capsys)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert message in err and "config.json" in err, err
+
+
+def test_output_under_a_file_is_one_line(good_dir, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    code, err = _run(good_dir, tmp_path / "file" / "out", capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and "file" in err, err
+
+
+def test_disk_full_is_one_line_and_leaves_nothing(good_dir, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import orbax.checkpoint as ocp
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out"))
+
+    monkeypatch.setattr(ocp.StandardCheckpointer, "save", full)
+    code, err = _run(good_dir, tmp_path / "out", capsys)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "No space left on device" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_damaged_checkpoint_is_one_line_and_debug_shows_traceback(good_dir, tmp_path, capsys):
+    assert _run(good_dir, tmp_path / "ckpt", capsys)[0] == 0
+    for f in (tmp_path / "ckpt" / "params").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0:
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    args = ["convert", "orbax-to-hf", "--ckpt", str(tmp_path / "ckpt"), "--out",
+            str(tmp_path / "back")]
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "cannot restore the parameters" in err
+    assert not (tmp_path / "back").exists()
+    with pytest.raises(ValueError, match="cannot restore the parameters"):
+        main(["--debug", *args])

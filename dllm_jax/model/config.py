@@ -124,10 +124,33 @@ class ModelConfig:
         """Builds a config from an HF ``config.json`` dict.
 
         Raises:
-          ConfigError: unsupported ``model_type`` or a field that changes the maths in a way this
-            implementation does not reproduce (rope scaling, sliding window, o_proj bias, ...).
+          ConfigError: one line naming ``source`` and the problem: not a JSON object, a missing
+            or malformed field, an unsupported ``model_type``, or a field that changes the maths
+            in a way this implementation does not reproduce (rope scaling, sliding window, ...).
         """
+        if not isinstance(hf, dict):
+            raise ConfigError(f"{source}: expected a JSON object, got a JSON "
+                              f"{type(hf).__name__}")
+        try:
+            return cls._from_hf(hf, source, overrides)
+        except ConfigError as e:
+            msg = str(e)
+            raise ConfigError(msg if msg.startswith(source) else f"{source}: {msg}") from None
+        except KeyError as e:
+            raise ConfigError(f"{source}: missing field {e.args[0]!r}") from None
+        except (TypeError, ValueError, ZeroDivisionError) as e:
+            raise ConfigError(f"{source}: malformed field value ({e})") from None
+
+    @classmethod
+    def _from_hf(cls, hf: dict[str, Any], source: str, overrides: dict[str, Any]
+                 ) -> "ModelConfig":
+        for key in _POSITIVE_INT_FIELDS:
+            v = hf.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+                raise ConfigError(f"field {key}={v!r} must be a positive integer")
         model_type = hf.get("model_type")
+        if not isinstance(model_type, str):
+            model_type = repr(model_type)
         if model_type not in MODEL_TYPES:
             raise ConfigError(
                 f"{source}: unsupported model_type {model_type!r}; supported: "
@@ -235,6 +258,12 @@ class ModelConfig:
         if unknown:
             raise ConfigError(f"unknown ModelConfig fields: {unknown}")
         return cls(**d)
+
+
+_POSITIVE_INT_FIELDS = (
+    "d_model", "n_heads", "n_kv_heads", "n_layers", "mlp_hidden_size", "embedding_size",
+    "hidden_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers",
+    "intermediate_size", "vocab_size", "head_dim")
 
 
 def _first(x: Any) -> Any:

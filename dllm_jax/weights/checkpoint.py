@@ -34,6 +34,11 @@ CONFIG_NAME = "dllm_jax_config.json"
 PARAMS_DIR = "params"
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -130,7 +135,11 @@ def load_checkpoint(path: str | os.PathLike[str], dtype: str | None = None,
         raise ConversionError(f"{cfg_file}: missing (not a dllm-jax checkpoint)")
     if not (path / PARAMS_DIR).is_dir():
         raise ConversionError(f"{path / PARAMS_DIR}: missing (incomplete checkpoint)")
-    config = ModelConfig.from_dict(json.loads(cfg_file.read_text()))
+    try:
+        config = ModelConfig.from_dict(json.loads(cfg_file.read_text()))
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConversionError(f"{cfg_file}: not a valid dllm-jax model config ({_first_line(e)})"
+                              ) from None
     saved_dtype = config.dtype
     if dtype is not None:
         config = config.replace(dtype=dtype)
@@ -142,8 +151,12 @@ def load_checkpoint(path: str | os.PathLike[str], dtype: str | None = None,
         lambda v, s: jax.ShapeDtypeStruct(v.get_value().shape, v.get_value().dtype,
                                           sharding=s.get_value()),
         state, shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))
-    with ocp.StandardCheckpointer() as ckptr:
-        restored = ckptr.restore((path / PARAMS_DIR).absolute(), nnx.to_pure_dict(target))
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            restored = ckptr.restore((path / PARAMS_DIR).absolute(), nnx.to_pure_dict(target))
+    except Exception as e:  # orbax/tensorstore raise many types for a damaged checkpoint
+        raise ConversionError(f"{path / PARAMS_DIR}: cannot restore the parameters "
+                              f"({_first_line(e)})") from None
     nnx.replace_by_pure_dict(state, restored)
     if config.dtype != saved_dtype:
         new = jnp.dtype(config.dtype)
