@@ -211,3 +211,43 @@ def test_extra_state_is_checkpointed(tmp_path):
     np.testing.assert_array_equal(np.asarray(box["host"]), np.full((2, 2), 7.0))
     for a, b in zip(jax.tree.leaves(again.state["params"]), jax.tree.leaves(final), strict=True):
         np.testing.assert_array_equal(np.asarray(a), b)
+
+
+def test_run_directory_guards(tmp_path):
+    """An existing run is refused without --resume/--overwrite; a refused resume (changed model
+    shape, other seed) names the problem in one line and leaves config.yaml untouched."""
+    import pytest
+
+    from dllm_jax.train import CheckpointConfig, OptimConfig, TrainConfig, Trainer, sft_objective
+    from dllm_jax.train.checkpoint import CheckpointError
+    from helpers import tiny_model
+
+    cfg = TrainConfig(steps=2, batch_size=4, log_every=1,
+                      optim=OptimConfig(lr=1e-2, total_steps=2),
+                      checkpoint=CheckpointConfig(every=2, keep=1))
+
+    def batch_fn(step):
+        rng = np.random.default_rng(step)
+        return {"tokens": rng.integers(2, 60, (4, 8)).astype(np.int32),
+                "response_mask": np.ones((4, 8), np.int32)}
+
+    def trainer(config, model, tag):
+        return Trainer(config, model, sft_objective, batch_fn, tmp_path, progress=False,
+                       mesh=None, extra_config={"tag": tag})
+
+    trainer(cfg, tiny_model("llada", seed=0), "first").run()
+    written = (tmp_path / "config.yaml").read_text()
+    assert "first" in written
+    with pytest.raises(CheckpointError, match="already holds a run .*--resume.*--overwrite"):
+        trainer(cfg, tiny_model("llada", seed=0), "second").run()
+    bigger = tiny_model("llada", seed=0, intermediate_size=96)
+    with pytest.raises(CheckpointError, match=r"does not fit .*mlp.*\(32, 64\) vs this run "
+                                              r"\(32, 96\)") as e:
+        trainer(cfg, bigger, "third").run(resume=True)
+    assert "\n" not in str(e.value)
+    other_seed = TrainConfig(**{**cfg.__dict__, "seed": cfg.seed + 1})
+    with pytest.raises(CheckpointError, match="seed"):
+        trainer(other_seed, tiny_model("llada", seed=0), "fourth").run(resume=True)
+    assert (tmp_path / "config.yaml").read_text() == written
+    trainer(cfg, tiny_model("llada", seed=0), "fifth").run(overwrite=True)
+    assert "fifth" in (tmp_path / "config.yaml").read_text()

@@ -171,8 +171,10 @@ def test_trainer_writes_config_and_refuses_missing_tensorboard(tmp_path):
     from dllm_jax.train import TrainConfig, Trainer
 
     cfg = TrainConfig(seed=7, steps=2, batch_size=8, log_every=1)
-    Trainer(cfg, _model(), st.sft_objective, lambda s: _batch(), tmp_path, mesh=None,
-            extra_config={"note": "x"})
+    trainer = Trainer(cfg, _model(), st.sft_objective, lambda s: _batch(), tmp_path, mesh=None,
+                      extra_config={"note": "x"}, progress=False)
+    assert not (tmp_path / "config.yaml").exists()  # written once the run is accepted
+    trainer.run()
     saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert saved["train"]["seed"] == 7 and saved["train"]["optim"]["lr"] == cfg.optim.lr
     assert saved["note"] == "x"

@@ -76,6 +76,20 @@ class Checkpointer:
         d = self.directory / str(step)
         return (d / "_CHECKPOINT_METADATA").is_file() and all((d / i).is_dir() for i in ITEMS)
 
+    def shape_mismatches(self, step: int, abstract_state: Any, limit: int = 3) -> list[str]:
+        """``"path: checkpoint (a, b) vs this run (c, d)"`` for the parameters of
+        ``abstract_state`` whose saved shape differs (or that only one side has)."""
+        with ocp.StandardCheckpointer() as reader:
+            meta = reader.metadata(self.directory / str(step) / "state")
+        saved = _param_shapes(meta.item_metadata.tree)
+        want = _param_shapes(abstract_state)
+        out = []
+        for path in sorted(set(saved) | set(want)):
+            if saved.get(path) != want.get(path):
+                out.append(f"{path}: checkpoint {saved.get(path, 'absent')} vs this run "
+                           f"{want.get(path, 'absent')}")
+        return out[:limit] + ([f"... {len(out) - limit} more"] if len(out) > limit else [])
+
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
         """Restores step ``step`` into the shardings of ``abstract_state``.
 
@@ -91,6 +105,23 @@ class Checkpointer:
         out = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
         return out["state"], dict(out["meta"])
+
+
+def _path_name(entry: Any) -> str:
+    if isinstance(entry, jax.tree_util.DictKey):
+        return str(entry.key)
+    if isinstance(entry, jax.tree_util.SequenceKey):
+        return str(entry.idx)
+    if isinstance(entry, jax.tree_util.GetAttrKey):
+        return entry.name
+    return str(entry)
+
+
+def _param_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """Dotted path -> shape for every array under ``tree["params"]`` (arrays, abstract arrays
+    and orbax's array metadata all carry ``shape``)."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree["params"])[0]
+    return {".".join(_path_name(e) for e in path): tuple(leaf.shape) for path, leaf in leaves}
 
 
 def _abstract(x: Any) -> Any:

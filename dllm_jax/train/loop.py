@@ -30,7 +30,7 @@ from flax import nnx
 from dllm_jax.model import sharding as shd
 from dllm_jax.train import lora
 from dllm_jax.train import step as st
-from dllm_jax.train.checkpoint import Checkpointer, check_meta, key_data
+from dllm_jax.train.checkpoint import Checkpointer, CheckpointError, check_meta, key_data
 from dllm_jax.train.config import TrainConfig
 from dllm_jax.train.optim import learning_rate_schedule
 
@@ -150,10 +150,8 @@ class Trainer:
                                           grad_accum=config.optim.grad_accum, mesh=self.mesh,
                                           shardings=self.shardings, params_fn=self.params_fn)
         self.base_key = jax.random.PRNGKey(config.seed)
+        self.resolved_config = {"train": to_plain(config), **(extra_config or {})}
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        if jax.process_index() == 0:
-            resolved = {"train": to_plain(config), **(extra_config or {})}
-            dump_config(self.out_dir / "config.yaml", resolved)
         self.checkpointer = Checkpointer(self.out_dir / "checkpoints",
                                          keep=config.checkpoint.keep)
         self.metrics = MetricsWriter(self.out_dir, config.tensorboard)
@@ -173,10 +171,21 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def restore_latest(self) -> int:
         """Restores the newest complete checkpoint into the state's shardings; returns its
-        step (0 if there is none)."""
+        step (0 if there is none).
+
+        Raises:
+          CheckpointError: the checkpoint's arrays have other shapes than this run's (a changed
+            model or optimiser), named in one line, or it was written with another seed.
+        """
         latest = self.checkpointer.latest_step()
         if latest is None:
             return 0
+        diff = self.checkpointer.shape_mismatches(latest, self._saved_tree())
+        if diff:
+            raise CheckpointError(
+                f"{self.out_dir}: the checkpoint at step {latest} does not fit this run's "
+                f"model/optimiser ({'; '.join(diff)}); resume with the original settings or "
+                f"use a new output directory")
         state, meta = self.checkpointer.restore(latest, self._saved_tree())
         check_meta(meta, seed=self.config.seed, rng_key=self.base_key)
         if self._extra is not None:
@@ -205,11 +214,34 @@ class Trainer:
         return st.model_from_state(self.graphdef, self.state, self.params_fn)
 
     # ------------------------------------------------------------------ loop
-    def run(self, resume: bool = False) -> dict[str, float]:
+    def _open_run_dir(self, resume: bool, overwrite: bool) -> int:
+        """Validates the run directory before anything in it changes; returns the start step.
+
+        A directory that already holds checkpoints is continued with ``resume``, replaced with
+        ``overwrite`` and refused otherwise. ``config.yaml`` is written only once the run is
+        accepted (a refused resume leaves the directory as it was).
+        """
+        steps = self.checkpointer.complete_steps()
+        if resume:
+            start = self.restore_latest()
+        else:
+            if steps and not overwrite:
+                raise CheckpointError(
+                    f"{self.out_dir} already holds a run (checkpoint at step {steps[-1]}); pass "
+                    f"--resume to continue it or --overwrite to start over")
+            for step in steps:
+                self.checkpointer.manager.delete(step)
+            start = 0
+        if jax.process_index() == 0:
+            dump_config(self.out_dir / "config.yaml", self.resolved_config)
+        return start
+
+    def run(self, resume: bool = False, overwrite: bool = False) -> dict[str, float]:
         """Trains to ``config.steps``; with ``resume`` continues from the newest complete
-        checkpoint. Returns the last logged metrics."""
+        checkpoint, with ``overwrite`` replaces a previous run in the directory (without
+        either, a directory holding checkpoints is refused). Returns the last logged metrics."""
         cfg = self.config
-        start = self.restore_latest() if resume else 0
+        start = self._open_run_dir(resume, overwrite)
         self.metrics.truncate_after(start)
         last: dict[str, float] = {}
         bar = None
