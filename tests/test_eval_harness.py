@@ -8,8 +8,8 @@ import pytest
 
 from dllm_jax.cli import main
 from dllm_jax.eval.harness import run_eval, score_predictions
-from dllm_jax.tasks.benchmarks import get_task
 from dllm_jax.eval.metrics import pass_at_k
+from dllm_jax.tasks import get_task
 
 
 def _write(path, rows):

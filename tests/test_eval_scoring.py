@@ -9,32 +9,41 @@ import random
 
 import pytest
 
+from dllm_jax.errors import ConfigError
+from dllm_jax.eval.harness import program_runner
+from dllm_jax.tasks import TASKS, CodeTask, extract_code, get_task, solve_countdown
 from dllm_jax.tasks import answers as rewards
-from dllm_jax.tasks.benchmarks import TASKS, extract_code, get_task, solve_countdown
 from dllm_jax.tasks.answers import math_equal
 
 CODE_SUBSET = 20
 SHUFFLED_BOUND = 0.03  # measured: gsm8k 1.1%, math500 1.2%, sudoku 0.6% (repeated answers)
+BENCHMARKS = sorted(name for name, task in TASKS.items() if task.data is not None)
+RUN = program_runner()
 
 
 def _items(task, data_dir):
     items = task.load(data_dir)
-    return items[:CODE_SUBSET] if task.kind == "code" else items
+    return items[:CODE_SUBSET] if isinstance(task, CodeTask) else items
 
 
-@pytest.mark.parametrize("name", sorted(TASKS))
+def test_benchmark_names():
+    assert BENCHMARKS == ["aime24", "aime25", "countdown", "gsm8k", "humaneval", "math500",
+                          "mbpp", "sudoku"]
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
 def test_reference_solutions_score_100_and_shuffled_near_0(name, data_dir):
     task = get_task(name)
     items = _items(task, data_dir)
     refs = [task.reference_completion(it) for it in items]
-    ok = task.score_many(list(zip(items, refs, strict=True)))
+    ok = task.score_many(list(zip(items, refs, strict=True)), RUN)
     assert [it["id"] for it, o in zip(items, ok, strict=True) if not o] == []
     # shuffled: a fixed permutation without fixed points (shuffle, then rotate by one)
     order = list(range(len(items)))
     random.Random(0).shuffle(order)
     src = order[1:] + order[:1]
     dst_of = dict(zip(order, src, strict=True))
-    shuffled = task.score_many([(items[i], refs[dst_of[i]]) for i in range(len(items))])
+    shuffled = task.score_many([(items[i], refs[dst_of[i]]) for i in range(len(items))], RUN)
     assert sum(shuffled) / len(items) <= SHUFFLED_BOUND
 
 
@@ -53,8 +62,10 @@ def test_dataset_ids_and_sizes(data_dir):
 def test_code_body_completion_and_fences(data_dir):
     he = get_task("humaneval").load(data_dir, limit=3)
     for it in he:  # a bare function body continues the stub
-        assert get_task("humaneval").score(it, it["canonical_solution"])
-        assert not get_task("humaneval").score(it, "    return None\n")
+        assert get_task("humaneval").score(it, it["canonical_solution"], RUN)
+        assert not get_task("humaneval").score(it, "    return None\n", RUN)
+    with pytest.raises(ConfigError, match="program runner"):
+        get_task("humaneval").score(he[0], he[0]["canonical_solution"])
     assert extract_code("text\n```python\nx = 1\n```\nmore") == "x = 1\n"
     assert extract_code("```\ny = 2\n") == "y = 2\n"  # unclosed fence runs to the end
     assert extract_code("z = 3") == "z = 3"
@@ -116,17 +127,19 @@ MALFORMED = ["", "<answer>", "<answer>18", "</answer>18<answer>", "garbage \u260
 def test_rewards_malformed_give_zero(completion):
     assert rewards.gsm8k_reward(completion, "18") == 0.0
     assert rewards.math_reward(completion, "\\frac{1}{2}") == 0.0
-    assert rewards.countdown_reward(completion, [30, 100, 93], 23) == 0.0
-    assert rewards.sudoku_reward(completion, "3102200002100320", "3142243142131324") == 0.0
+    assert get_task("countdown").reward({"numbers": [30, 100, 93], "target": 23},
+                                        completion) == 0.0
+    assert get_task("sudoku").reward({"puzzle": "3102200002100320",
+                                      "solution": "3142243142131324"}, completion) == 0.0
     assert rewards.format_reward(completion) == 0.0
 
 
 def test_countdown_reward():
-    nums, t = [30, 100, 93], 23
+    item = {"numbers": [30, 100, 93], "target": 23}
 
-    def r(expr, **kw):
-        return rewards.countdown_reward(f"<reasoning>x</reasoning><answer>{expr}</answer>",
-                                        nums, t, **kw)
+    def r(expr, **spec):
+        return get_task("countdown", **spec).reward(
+            item, f"<reasoning>x</reasoning><answer>{expr}</answer>")
 
     for good in ["30-(100-93)", "30-100+93", " (93 + 30) - 100 ", "30 - 100 + 93 = 23"]:
         assert r(good) == 1.0, good
@@ -134,17 +147,19 @@ def test_countdown_reward():
                 "30.0-100+93", "__import__('os').system('echo')", "30**2", "", "2 3 4"]:
         assert r(bad) == 0.0, bad
     assert r("100-93+30", format_score=0.1) == 0.1  # d1's partial credit for a wrong answer
-    assert rewards.countdown_reward("30-100+93", nums, t, format_score=0.1) == 0.0  # no tag
+    assert get_task("countdown", format_score=0.1).reward(item, "30-100+93") == 0.0  # no tag
     assert solve_countdown([2, 3, 4], 5) is not None
     assert solve_countdown([1, 1, 1], 100) is None
 
 
-def test_sudoku_reward_d1_semantics():
+def test_sudoku_reward_d1_semantics(tmp_path):
     puzzle, sol = "3102200002100320", "3142243142131324"
     empty = [i for i, ch in enumerate(puzzle) if ch == "0"]
+    sudoku = get_task("sudoku")
 
-    def r(ans):
-        return rewards.sudoku_reward(f"<answer>\n{ans}\n</answer>", puzzle, sol)
+    def r(ans, item=None):
+        return sudoku.reward(item or {"puzzle": puzzle, "solution": sol},
+                             f"<answer>\n{ans}\n</answer>")
 
     assert r(sol) == 1.0
     assert r("3142\n2431\n4213\n1324") == 1.0  # layout ignored, digits in order
@@ -156,9 +171,11 @@ def test_sudoku_reward_d1_semantics():
     # truncated: padded with 0 (d1), so only the empty cells among the first 8 count
     assert r(sol[:8]) == pytest.approx(sum(i < 8 for i in empty) / len(empty))
     assert r(sol + "1111") == 1.0  # extra digits truncated
-    assert rewards.sudoku_reward(f"<answer>{sol}</answer>", sol, sol) == 0.0  # nothing empty
-    with pytest.raises(ValueError, match="puzzle"):
-        rewards.sudoku_reward("<answer>1</answer>", "123", sol)
+    assert r(sol, {"puzzle": sol, "solution": sol}) == 0.0  # nothing empty
+    bad = tmp_path / "sudoku.csv"  # a malformed grid is refused when the file is read
+    bad.write_text(f"Puzzle,Solution\n{puzzle},{sol}\n123,{sol}\n")
+    with pytest.raises(ConfigError, match="sudoku record 1: Puzzle must be 16 digits"):
+        sudoku.load(bad)
 
 
 def test_format_reward():
@@ -194,13 +211,17 @@ def test_prompts_and_chat_template(data_dir, shared_dir):
 
 
 def test_unknown_task_and_missing_file(tmp_path):
-    from dllm_jax.errors import ConfigError
-
     with pytest.raises(ConfigError, match="unknown task 'gsm9k'"):
         get_task("gsm9k")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ConfigError, match="does not exist"):
         get_task("gsm8k").load(tmp_path / "nope.jsonl")
+    with pytest.raises(ConfigError, match=r"none of \['gsm8k_test.jsonl'"):
+        get_task("gsm8k").load(tmp_path)
+    with pytest.raises(ConfigError, match="countdown has no default dataset"):
+        get_task("countdown").load()
+    with pytest.raises(ConfigError, match="addition has no data files"):
+        get_task("addition").load()
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "q"}\n')
-    with pytest.raises(ConfigError, match="lacks field"):
+    with pytest.raises(ConfigError, match=r"has no field 'answer' \(record 0\)"):
         get_task("gsm8k").load(bad)

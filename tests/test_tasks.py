@@ -8,16 +8,21 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
+from dllm_jax.errors import ConfigError
 from dllm_jax.tasks import (
     TASKS,
     CharTokenizer,
     Example,
+    Puzzle,
     encode_examples,
+    get_puzzle,
     get_task,
     model_config,
     split_of,
 )
 from dllm_jax.tasks.sudoku import all_grids, count_solutions
+
+PUZZLES = sorted(name for name, task in TASKS.items() if isinstance(task, Puzzle))
 
 
 def _identity(name, ex):
@@ -29,7 +34,11 @@ def _identity(name, ex):
     return ",".join(map(str, sorted(m["numbers"]))) + f">{m['target']}"
 
 
-@pytest.mark.parametrize("name", sorted(TASKS))
+def test_puzzle_names():
+    assert PUZZLES == ["addition", "countdown", "sudoku"]
+
+
+@pytest.mark.parametrize("name", PUZZLES)
 def test_generators_deterministic_disjoint_fixed_shape_and_verified(name):
     task = get_task(name)
     train = task.generate(3, 300, "train")
@@ -278,3 +287,135 @@ def test_verifiers_on_shared_benchmark_files(shared_dir):
         expr = solve_countdown(numbers, target)
         assert expr is not None and _reachable(numbers, target)
         assert countdown.verify({"numbers": numbers, "target": target}, expr) == 1.0
+
+
+def test_one_registry_lists_every_task():
+    from dllm_jax import eval as eval_pkg
+    from dllm_jax.tasks import Task, parse_task_list
+    from dllm_jax.tasks import registry
+
+    everything = ["addition", "aime24", "aime25", "countdown", "gsm8k", "humaneval", "math500",
+                  "mbpp", "sudoku"]
+    assert sorted(TASKS) == everything and registry.TASKS is TASKS
+    for name, task in TASKS.items():
+        assert isinstance(task, Task) and task.name == name and get_task(name) is task
+    typed = "gsm8k,math500,humaneval,mbpp,countdown,sudoku,aime24,aime25"  # `eval --tasks`
+    assert ",".join(t.name for t in parse_task_list(typed)) == typed
+    assert "TASKS" not in vars(eval_pkg) and "get_task" not in vars(eval_pkg)
+    assert get_puzzle("sudoku") is TASKS["sudoku"]
+    assert get_puzzle("addition", digits=2).answer_length == 3
+    with pytest.raises(ConfigError, match="'gsm8k' has no generated examples; built-in "
+                                          "puzzles: addition, countdown, sudoku"):
+        get_puzzle("gsm8k")
+
+
+def test_each_function_is_defined_once_in_tasks():
+    """solve_countdown, the verifiers and the rewards exist once across the tasks package."""
+    import ast
+    from pathlib import Path
+
+    import dllm_jax.tasks
+
+    names = []
+    for path in sorted(Path(dllm_jax.tasks.__file__).parent.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        names += [n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.ClassDef)]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+    assert names.count("solve_countdown") == 1 and names.count("Task") == 1
+    assert not any("countdown" in n or "sudoku" in n for n in names if n.endswith("_reward"))
+
+
+def _exact(op, x, y):
+    """``x op y`` over Fractions; None for a division that is not exact (the game's rule)."""
+    if op == "/":
+        return None if y == 0 or (x / y).denominator != 1 else x / y
+    return {"+": x + y, "-": x - y, "*": x * y}[op]
+
+
+def _candidates(numbers):
+    """Every ``(a o b) o c`` and ``a o (b o c)`` with its value, computed independently."""
+    for a, b, c in itertools.permutations(numbers):
+        fa, fb, fc = Fraction(a), Fraction(b), Fraction(c)
+        for o1, o2 in itertools.product("+-*/", repeat=2):
+            left = _exact(o1, fa, fb)
+            yield f"({a}{o1}{b}){o2}{c}", None if left is None else _exact(o2, left, fc)
+            right = _exact(o2, fb, fc)
+            yield f"{a}{o1}({b}{o2}{c})", None if right is None else _exact(o1, fa, right)
+
+
+def _tagged(answer):
+    return f"<reasoning>\nsteps\n</reasoning>\n<answer>\n{answer}\n</answer>"
+
+
+def test_countdown_one_verifier_for_generated_and_d1_items(data_dir):
+    """A d1 record loaded for evaluation and the same instance as a generated example are
+    judged by one verifier: for every candidate expression, ``verify`` on the example, the
+    benchmark reward and the benchmark score agree with an independent exact evaluation."""
+    task = get_task("countdown")
+    items = task.load(data_dir)
+    assert len(items) == 256 and items[0]["numbers"] == [30, 100, 93] and items[0]["target"] == 23
+    for item in items[:48]:
+        numbers, target = item["numbers"], item["target"]
+        example = task.make(numbers, target, "")
+        solvable = False
+        for expr, value in _candidates(numbers):
+            want = 1.0 if value is not None and value == target else 0.0
+            solvable |= want == 1.0
+            assert task.verify(example, expr) == want, (numbers, target, expr)
+            assert task.reward(item, _tagged(expr)) == want
+            assert task.score(item, _tagged(expr)) == (want == 1.0)
+        assert solvable
+        assert task.score(item, task.reference_completion(item))
+        assert task.verify(example, task.solution(item)) == 1.0
+
+
+def test_sudoku_one_verifier_for_generated_and_d1_items(data_dir):
+    """d1's puzzles, loaded for evaluation and rebuilt as generated examples, are solved by
+    exactly the grids the brute-force table says solve them (any of several), while the reward
+    is d1's partial credit against the published solution."""
+    task = get_task("sudoku")
+    grids = _brute_force_grids()
+    items = task.load(data_dir)
+    assert len(items) == 500
+    several = 0
+    for k, item in enumerate(items):
+        puzzle, published = item["puzzle"], item["solution"]
+        example = task.make(puzzle, published)
+        cells = np.asarray([int(c) for c in puzzle])
+        given = cells != 0
+        solutions = {"".join(map(str, g)) for g in grids[(grids[:, given] == cells[given]).all(1)]}
+        if len(solutions) > 1:  # any solution solves it; d1's credit compares cells
+            several += min(task.reward(item, _tagged(g)) for g in solutions) < 1.0
+        other = items[(k + 1) % len(items)]["solution"]
+        relabelled = published.translate(str.maketrans("1234", "2341"))
+        empty = [i for i in range(16) if puzzle[i] == "0"]
+        for grid in sorted(solutions) + [other, relabelled, published[::-1]]:
+            want = grid in solutions
+            assert task.verify(example, grid) == float(want)
+            assert task.score(item, _tagged(grid)) == want
+            credit = sum(grid[i] == published[i] for i in empty) / len(empty)
+            assert task.reward(item, _tagged(grid)) == pytest.approx(credit, abs=1e-12)
+            assert task.cell_accuracy(example, grid) == pytest.approx(credit, abs=1e-12)
+    assert several > 0
+
+
+@pytest.mark.parametrize("name", PUZZLES)
+def test_worded_face_reuses_the_verifier(name):
+    """The worded prompt of a generated example names its data, and the reward of a tagged
+    answer is ``verify`` of that answer (the example's own answer, another's, none)."""
+    task = get_task(name)
+    examples = task.generate(5, 40, "test")
+    for ex, other in zip(examples, examples[1:] + examples[:1], strict=True):
+        text = task.prompt_text(ex.meta)
+        assert "<answer>" in text
+        assert all(str(v) in text for k, v in ex.meta.items() if k in ("a", "b", "target",
+                                                                         "puzzle"))
+        assert task.reward(ex.meta, task.reference_completion(ex.meta)) == 1.0
+        assert task.solved(ex.meta, _tagged(ex.answer))
+        verdict = task.verify(ex, other.answer)
+        assert task.solved(ex.meta, _tagged(other.answer)) == (verdict == 1.0)
+        partial = task.cell_accuracy(ex, other.answer) if name == "sudoku" else verdict
+        assert task.reward(ex.meta, _tagged(other.answer)) == partial
+        assert task.reward(ex.meta, ex.answer) == 0.0  # no answer block: no reward
+    assert np.mean([task.verify(e, f.answer) for e, f in zip(examples, examples[1:],
+                                                              strict=False)]) < 0.2

@@ -11,15 +11,21 @@ import argparse
 import json
 from pathlib import Path
 
+from dllm_jax.cli.generate import add_sampler_arguments, sampler_config_from_args
 from dllm_jax.errors import ConfigError
+from dllm_jax.eval import harness
+from dllm_jax.eval.sandbox import SandboxConfig
+from dllm_jax.tasks import TASKS, get_task, parse_task_list
+
+_BENCHMARKS = [name for name, task in TASKS.items() if task.data is not None]
 
 
 def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     """Registers ``eval`` (and ``eval score``) on the main CLI's sub-parsers."""
     p = subparsers.add_parser(
         "eval", help="evaluate a model on benchmarks (or score a predictions file)",
-        description="Generate with a model and score (gsm8k, math500, humaneval, mbpp, "
-                    "countdown, sudoku, aime24, aime25); `eval score` scores a file instead.")
+        description=f"Generate with a model and score ({', '.join(_BENCHMARKS)}); "
+                    "`eval score` scores a file instead.")
     p.add_argument("--model", help="checkpoint directory (model + tokenizer)")
     p.add_argument("--tasks", help="comma-separated task names, e.g. gsm8k,math500")
     p.add_argument("--limit", type=int, help="first N items of each task")
@@ -32,12 +38,7 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2, help="code sandbox processes at once")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per code program")
     p.add_argument("--no-progress", action="store_true")
-    try:
-        from dllm_jax.cli.generate import add_sampler_arguments
-    except ImportError:  # the sampler is optional for `eval score`
-        add_sampler_arguments = None
-    if add_sampler_arguments is not None:
-        add_sampler_arguments(p)
+    add_sampler_arguments(p)
     p.set_defaults(func=_run)
 
     sub = p.add_subparsers(dest="eval_command", metavar="{score}",
@@ -52,23 +53,18 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     s.set_defaults(func=_score)
 
 
-def _sandbox_config(args: argparse.Namespace):
-    from dllm_jax.eval.sandbox import SandboxConfig
-
+def _sandbox_config(args: argparse.Namespace) -> SandboxConfig:
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
     return SandboxConfig(timeout_s=args.timeout)
 
 
 def _score(args: argparse.Namespace) -> int:
-    from dllm_jax.eval.harness import score_predictions
-    from dllm_jax.tasks.benchmarks import get_task
-
     task = get_task(args.task)
     if not Path(args.predictions).is_file():
         raise FileNotFoundError(f"--predictions {args.predictions} does not exist")
-    res = score_predictions(task, args.data, args.predictions, workers=args.workers,
-                            sandbox_config=_sandbox_config(args))
+    res = harness.score_predictions(task, args.data, args.predictions, workers=args.workers,
+                                    sandbox_config=_sandbox_config(args))
     if args.json:
         print(json.dumps(res))
         return 0
@@ -83,20 +79,17 @@ def _run(args: argparse.Namespace) -> int:
     for flag in ("model", "tasks", "out"):
         if getattr(args, flag) is None:
             raise ConfigError(f"eval needs --{flag} (or use `dllm-jax eval score ...`)")
-    from dllm_jax.eval.harness import run_eval
-    from dllm_jax.tasks.benchmarks import parse_task_list
-    from dllm_jax.cli.generate import sampler_config_from_args
-
     tasks = parse_task_list(args.tasks)
     if args.samples < 1:
         raise ConfigError(f"--samples must be >= 1, got {args.samples}")
     if not Path(args.model).is_dir():
         raise ConfigError(f"--model {args.model} is not a directory")
     config = sampler_config_from_args(args)
-    summaries = run_eval(args.model, tasks, args.limit, args.samples, config, args.out,
-                         args.seed, data_dir=args.data_dir, batch_size=args.batch_size,
-                         workers=args.workers, sandbox_config=_sandbox_config(args),
-                         dtype=args.dtype, progress=not args.no_progress)
+    summaries = harness.run_eval(args.model, tasks, args.limit, args.samples, config, args.out,
+                                 args.seed, data_dir=args.data_dir,
+                                 batch_size=args.batch_size, workers=args.workers,
+                                 sandbox_config=_sandbox_config(args), dtype=args.dtype,
+                                 progress=not args.no_progress)
     for name, s in summaries.items():
         print(f"{name}: pass@1 {100 * s['pass@1']:.2f}% ± {100 * s['pass@1_stderr']:.2f} "
               f"({s['num_problems']} problems, n={s['num_samples']})")

@@ -1,8 +1,11 @@
-"""Prompts and SFT pairs from local JSONL / CSV / Parquet files or HF dataset names.
+"""The project's one record reader, and prompts / SFT pairs built from its records.
 
-Local files are read with plain readers (no network, no cache writes, field types kept as the
-file has them); a directory saved with ``datasets.Dataset.save_to_disk`` and an HF dataset name
-go through ``datasets`` (offline once cached). Prompts are rendered with the tokenizer's chat
+:func:`load_records` reads local JSONL / JSON / CSV / Parquet files (gzipped JSONL and CSV too),
+directories saved by ``datasets`` and HF dataset names; training data and the tasks'
+benchmark files (:mod:`dllm_jax.tasks`) both load through it. Local files are read with plain
+readers (no network, no cache writes, field types kept as the file has them); a directory
+saved with ``datasets.Dataset.save_to_disk`` and an HF dataset name go through ``datasets``
+(offline once cached). Prompts are rendered with the tokenizer's chat
 template when it has one; SFT pairs become ``[left padding] prompt | answer EOS [EOS padding]``
 with a response mask over the answer block. Orders are pure functions of (seed, epoch), so a
 resumed run sees the same data; :func:`host_shard` gives each host a disjoint, equal slice.
@@ -21,6 +24,7 @@ import numpy as np
 
 from dllm_jax.data.batching import left_pad
 from dllm_jax.data.tokenizer import encode_plain, render_prompt, special_id
+from dllm_jax.errors import ConfigError
 
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
@@ -35,7 +39,7 @@ def _read_json(path: Path) -> list[dict]:
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not JSON ({e})") from None
+            raise ConfigError(f"{path}: not JSON ({e})") from None
     else:
         rows = []
         for lineno, line in enumerate(text.splitlines(), 1):
@@ -43,10 +47,10 @@ def _read_json(path: Path) -> list[dict]:
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: not a JSON line ({e})") from None
+                    raise ConfigError(f"{path}:{lineno}: not a JSON line ({e})") from None
     bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict)), None)
     if bad is not None:
-        raise ValueError(f"{path}: record {bad} is not a JSON object")
+        raise ConfigError(f"{path}: record {bad} is not a JSON object")
     return rows
 
 
@@ -62,7 +66,7 @@ def _read_parquet(path: Path) -> list[dict]:
     try:
         return pq.read_table(path).to_pylist()
     except Exception as e:  # pyarrow raises its own error types for a damaged file
-        raise ValueError(f"{path}: cannot read Parquet ({type(e).__name__}: {e})") from None
+        raise ConfigError(f"{path}: cannot read Parquet ({type(e).__name__}: {e})") from None
 
 
 def _load_hf(source: str, split: str, config: str | None) -> list[dict]:
@@ -75,15 +79,15 @@ def _load_hf(source: str, split: str, config: str | None) -> list[dict]:
             ds = datasets.load_from_disk(str(path))
             if isinstance(ds, datasets.DatasetDict):
                 if split not in ds:
-                    raise ValueError(f"{source} has no split {split!r}; splits: {list(ds)}")
+                    raise ConfigError(f"{source} has no split {split!r}; splits: {list(ds)}")
                 ds = ds[split]
         else:
             ds = datasets.load_dataset(source, config, split=split)
-    except ValueError:
+    except ConfigError:
         raise
     except Exception as e:  # offline and not cached, unknown name, ...: one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"cannot load dataset {source!r} (split {split!r}): {first}") from None
+        raise ConfigError(f"cannot load dataset {source!r} (split {split!r}): {first}") from None
     return [dict(r) for r in ds]
 
 
@@ -101,7 +105,7 @@ def load_records(source: str | Path, split: str = "train", fields: Sequence[str]
       limit: keep only the first ``limit`` records.
 
     Raises:
-      ValueError: a missing file, an unknown extension, an unreadable file, no records, a
+      ConfigError: a missing file, an unknown extension, an unreadable file, no records, a
         required field absent (naming the record and the fields it has).
     """
     text = str(source)
@@ -114,22 +118,22 @@ def load_records(source: str | Path, split: str = "train", fields: Sequence[str]
         rows = _load_hf(str(path), split, config)
     elif looks_local:
         if not path.is_file():
-            raise ValueError(f"data file {text} does not exist")
+            raise ConfigError(f"data file {text} does not exist")
         kind = FORMATS.get(base_suffix)
         if kind is None or (kind == "parquet" and suffix != base_suffix):
-            raise ValueError(f"unknown data file type {suffix!r} for {text}; "
+            raise ConfigError(f"unknown data file type {suffix!r} for {text}; "
                              f"use one of {sorted(FORMATS)} (.jsonl and .csv may be gzipped)")
         rows = {"json": _read_json, "csv": _read_csv, "parquet": _read_parquet}[kind](path)
     else:
         rows = _load_hf(text, split, config)
     if not rows:
-        raise ValueError(f"{text}: no records")
+        raise ConfigError(f"{text}: no records")
     if limit is not None:
         rows = rows[:limit]
     for i, r in enumerate(rows):
         missing = [f for f in fields if f not in r]
         if missing:
-            raise ValueError(f"{text} has no field {missing[0]!r} (record {i}); fields: "
+            raise ConfigError(f"{text} has no field {missing[0]!r} (record {i}); fields: "
                              f"{sorted(r)}")
     return rows
 

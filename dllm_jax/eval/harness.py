@@ -1,26 +1,48 @@
-"""Scoring prediction files and the resumable generate-then-score evaluation loop."""
+"""Evaluation: pass@k scoring of prediction files (:func:`score_predictions`) and the
+resumable generate-then-score loop (:func:`run_eval`) over any task of
+:data:`dllm_jax.tasks.TASKS`; code runs in :mod:`dllm_jax.eval.sandbox`."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+import jax
 import numpy as np
+from tqdm.auto import tqdm
 
+from dllm_jax.data.batching import left_pad
+from dllm_jax.data.tokenizer import load_tokenizer, special_id
 from dllm_jax.errors import ConfigError
-from dllm_jax.tasks.benchmarks import Item, Task, get_task
 from dllm_jax.eval.metrics import default_ks, mean_and_stderr, pass_at_k
+from dllm_jax.eval.sandbox import SandboxConfig, run_programs
+from dllm_jax.sampling import generate
+from dllm_jax.tasks.base import Item, RunPrograms, Task
+from dllm_jax.tasks.registry import get_task, parse_task_list
+from dllm_jax.weights.convert import from_pretrained
 
 # generate_fn(prompt_ids, key) -> completion token ids, one list per prompt row.
 GenerateFn = Callable[[list[list[int]], Any], list[list[int]]]
+# sample(task, item, index) -> the item's completions (see _sample_item).
+SampleFn = Callable[[Task, Item, int], list[str]]
 
 
 def _as_task(task: str | Task) -> Task:
-    return task if isinstance(task, Task) else get_task(task)
+    return get_task(task) if isinstance(task, str) else task
+
+
+def program_runner(sandbox_config: SandboxConfig | None = None, workers: int = 2) -> RunPrograms:
+    """Runs programs in the sandbox, ``workers`` at once; True where a program passed."""
+
+    def run(programs: Sequence[str]) -> list[bool]:
+        return [r.passed for r in run_programs(programs, config=sandbox_config, workers=workers)]
+
+    return run
 
 
 def read_predictions(path: str | os.PathLike[str]) -> dict[str, list[str]]:
@@ -88,7 +110,7 @@ def summarize(task_name: str, correct: dict[str, Sequence[bool]],
 def score_predictions(task: str | Task, data_path: str | os.PathLike[str] | None,
                       predictions_jsonl: str | os.PathLike[str], *,
                       ks: Sequence[int] | None = None, workers: int = 2,
-                      sandbox_config: Any = None) -> dict[str, Any]:
+                      sandbox_config: SandboxConfig | None = None) -> dict[str, Any]:
     """Scores a predictions file against a dataset (no model needed).
 
     Args:
@@ -97,7 +119,7 @@ def score_predictions(task: str | Task, data_path: str | os.PathLike[str] | None
       predictions_jsonl: ``{"id", "completion"}`` lines, several per id for pass@k.
       ks: the k's to report (default powers of two up to the samples per problem).
       workers: sandbox processes at once for code tasks.
-      sandbox_config: :class:`dllm_jax.eval.sandbox.SandboxConfig` for code tasks.
+      sandbox_config: sandbox limits for code tasks.
 
     Returns:
       :func:`summarize`'s dict over the problems that have predictions.
@@ -113,7 +135,7 @@ def score_predictions(task: str | Task, data_path: str | os.PathLike[str] | None
         raise ConfigError(f"{len(unknown)} prediction id(s) not in the {t.name} data, "
                           f"e.g. {unknown[0]!r}")
     pairs = [(items[i], c) for i, cs in preds.items() for c in cs]
-    ok = t.score_many(pairs, sandbox_config=sandbox_config, workers=workers)
+    ok = t.score_many(pairs, program_runner(sandbox_config, workers))
     correct: dict[str, list[bool]] = {}
     for (item, _), passed in zip(pairs, ok, strict=True):
         correct.setdefault(str(item["id"]), []).append(bool(passed))
@@ -121,6 +143,121 @@ def score_predictions(task: str | Task, data_path: str | os.PathLike[str] | None
 
 
 # ----------------------------------------------------------------------------- run_eval
+
+def run_eval(model_dir: str | os.PathLike[str] | None, tasks: Sequence[str | Task] | str,
+             limit: int | None, samples: int, sampler_config: Any,
+             out_dir: str | os.PathLike[str], seed: int = 0, *,
+             data_dir: str | os.PathLike[str] | None = None, batch_size: int | None = None,
+             generate_fn: GenerateFn | None = None, tokenizer: Any = None,
+             workers: int = 2, sandbox_config: SandboxConfig | None = None,
+             dtype: str = "float32", progress: bool = True) -> dict[str, Any]:
+    """Generates ``samples`` completions per item, scores them, and writes results (resumable).
+
+    Per task, ``out_dir/<task>/results.jsonl`` gets one line per item as soon as it is scored
+    (``{"id", "index", "completions", "correct"}``); a restarted run skips the ids already there.
+    At the end ``out_dir/summary.json`` and ``out_dir/summary.md`` hold pass@k per task and the
+    full generation config. The key for item ``i``'s chunk ``j`` is
+    ``fold_in(fold_in(key(seed), i), j)``, so results do not depend on where a run was resumed.
+
+    Args:
+      model_dir: checkpoint directory (model and tokenizer); may be None with ``generate_fn``
+        and ``tokenizer`` given.
+      tasks: names (or a comma-separated string) or :class:`~dllm_jax.tasks.Task` objects.
+      limit: first ``limit`` items of each task (None: all).
+      samples: completions per item (the n of pass@k).
+      sampler_config: the sampler's frozen config (recorded; used by the default generator).
+      out_dir: output directory.
+      seed: base seed.
+      data_dir: directory with the benchmark files (None: each task's HF dataset).
+      batch_size: prompts per generate call (default ``samples``); the last chunk is padded.
+      generate_fn: ``(prompt_ids, key) -> completion ids`` replacing the model's sampler.
+      tokenizer: replaces the tokenizer saved in ``model_dir``.
+      workers: sandbox processes at once for code tasks.
+      sandbox_config: sandbox limits for code tasks.
+      dtype: model dtype for the default generator.
+      progress: show a tqdm bar.
+
+    Returns:
+      ``{task name: summary dict}`` (see :func:`summarize`).
+    """
+    needs_model = generate_fn is None or tokenizer is None
+    task_list, batch = _check_run(tasks, limit, samples, batch_size, model_dir, needs_model)
+    items = {t.name: t.load(data_dir, limit) for t in task_list}  # data errors before models
+    if tokenizer is None:
+        tokenizer = load_tokenizer(model_dir)
+    if generate_fn is None:
+        generate_fn = _model_generate_fn(model_dir, dtype, tokenizer, sampler_config, batch)
+    sample = functools.partial(_sample_item, tokenizer=tokenizer, generate_fn=generate_fn,
+                               base_key=jax.random.key(seed), samples=samples, batch=batch)
+    runner = program_runner(sandbox_config, workers)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summaries = {t.name: _eval_task(t, items[t.name], out / t.name, sample, runner, progress)
+                 for t in task_list}
+    _write_summary(out, summaries, {
+        "model": str(model_dir), "seed": seed, "samples": samples, "limit": limit,
+        "batch_size": batch, "data_dir": None if data_dir is None else str(data_dir),
+        **_config_dict(sampler_config)})
+    return summaries
+
+
+def _check_run(tasks: Sequence[str | Task] | str, limit: int | None, samples: int,
+               batch_size: int | None, model_dir: Any,
+               needs_model: bool) -> tuple[list[Task], int]:
+    """The tasks and the generate batch of a run, after checking its arguments."""
+    task_list = parse_task_list(tasks) if isinstance(tasks, str) else [_as_task(t) for t in tasks]
+    if not task_list:
+        raise ConfigError("no tasks given")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ConfigError(f"samples must be a positive integer, got {samples!r}")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit must be >= 1, got {limit}")
+    batch = batch_size or samples
+    if batch < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch}")
+    if needs_model and (model_dir is None or not Path(model_dir).is_dir()):
+        raise ConfigError(f"--model {model_dir} is not a directory")
+    return task_list, batch
+
+
+def _eval_task(task: Task, items: list[Item], task_dir: Path, sample: SampleFn,
+               runner: RunPrograms, progress: bool) -> dict[str, Any]:
+    """Generates and scores the items not yet in ``task_dir/results.jsonl`` (one line each,
+    written as soon as it is scored) and summarises the task over all its items."""
+    task_dir.mkdir(exist_ok=True)
+    res_path = task_dir / "results.jsonl"
+    done = _read_results(res_path)
+    todo = [(i, it) for i, it in enumerate(items) if str(it["id"]) not in done]
+    with open(res_path, "a", encoding="utf-8") as f, tqdm(
+            total=len(items), initial=len(items) - len(todo), desc=task.name,
+            disable=not progress) as bar:
+        for index, item in todo:
+            completions = sample(task, item, index)
+            correct = task.score_many([(item, c) for c in completions], runner)
+            done[str(item["id"])] = _append_result(f, {
+                "id": item["id"], "index": index, "completions": completions,
+                "correct": [bool(x) for x in correct]})
+            bar.update(1)
+    wanted = {str(it["id"]) for it in items}
+    return summarize(task.name, {i: r["correct"] for i, r in done.items() if i in wanted})
+
+
+def _sample_item(task: Task, item: Item, index: int, *, tokenizer: Any, generate_fn: GenerateFn,
+                 base_key: Any, samples: int, batch: int) -> list[str]:
+    """``samples`` completions of ``item``'s prompt, ``batch`` per generate call; chunk ``j``
+    uses ``fold_in(fold_in(base_key, index), j)``."""
+    prompt = task.encode_prompt(tokenizer, item)
+    item_key = jax.random.fold_in(base_key, index)
+    completions: list[str] = []
+    for j, start in enumerate(range(0, samples, batch)):
+        m = min(batch, samples - start)
+        rows = generate_fn([prompt] * m, jax.random.fold_in(item_key, j))
+        if len(rows) != m:
+            raise ValueError(f"generate_fn returned {len(rows)} rows for {m} prompts")
+        completions += [tokenizer.decode([int(x) for x in r], skip_special_tokens=True)
+                        for r in rows]
+    return completions
+
 
 def _read_results(path: Path) -> dict[str, dict[str, Any]]:
     """Already-scored items; a torn last line (killed mid-write) is cut off the file."""
@@ -144,23 +281,31 @@ def _read_results(path: Path) -> dict[str, dict[str, Any]]:
     return done
 
 
-def _model_generate_fn(model: Any, config: Any, pad_id: int, eos_id: int | None,
+def _append_result(f: IO[str], rec: dict[str, Any]) -> dict[str, Any]:
+    """Writes one result line and syncs it to disk (a killed run loses at most that line)."""
+    f.write(json.dumps(rec) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+    return rec
+
+
+def _model_generate_fn(model_dir: Any, dtype: str, tokenizer: Any, config: Any,
                        batch: int) -> GenerateFn:
-    """The sampler over a model: left-pads prompts into buckets, returns completions cut at
-    the first EOS."""
-    from dllm_jax.data.batching import left_pad
-    from dllm_jax.sampling import generate
+    """The sampler over the checkpoint in ``model_dir``: left-pads prompts into buckets,
+    returns completions cut at the first EOS."""
+    model = from_pretrained(model_dir, dtype=dtype)
+    mc = model.config
+    pad = special_id(tokenizer, "pad")
+    if pad is None:
+        pad = mc.pad_token_id if mc.pad_token_id is not None else (mc.eos_token_id or 0)
+    eos_id = mc.eos_token_id
 
     def fn(prompts: list[list[int]], key: Any) -> list[list[int]]:
-        ids_BP, mask_BP = left_pad(prompts, pad_id, batch_buckets=(batch,))
+        ids_BP, mask_BP = left_pad(prompts, int(pad), batch_buckets=(batch,))
         out = generate(model, ids_BP, mask_BP, config=config, key=key)
-        seqs = np.asarray(out.sequences)[: len(prompts), ids_BP.shape[1]:]
-        rows = []
-        for row in seqs.tolist():
-            if eos_id is not None and eos_id in row:
-                row = row[: row.index(eos_id)]
-            rows.append(row)
-        return rows
+        rows = np.asarray(out.sequences)[: len(prompts), ids_BP.shape[1]:].tolist()
+        return [row[: row.index(eos_id)] if eos_id is not None and eos_id in row else row
+                for row in rows]
 
     return fn
 
@@ -171,137 +316,6 @@ def _config_dict(cfg: Any) -> dict[str, Any]:
     if dataclasses.is_dataclass(cfg):
         return {"sampler": type(cfg).__name__, **dataclasses.asdict(cfg)}
     return {"sampler": repr(cfg)}
-
-
-def run_eval(model_dir: str | os.PathLike[str] | None, tasks: Sequence[str | Task] | str,
-             limit: int | None, samples: int, sampler_config: Any,
-             out_dir: str | os.PathLike[str], seed: int = 0, *,
-             data_dir: str | os.PathLike[str] | None = None, batch_size: int | None = None,
-             generate_fn: GenerateFn | None = None, tokenizer: Any = None,
-             workers: int = 2, sandbox_config: Any = None, dtype: str = "float32",
-             progress: bool = True) -> dict[str, Any]:
-    """Generates ``samples`` completions per item, scores them, and writes results (resumable).
-
-    Per task, ``out_dir/<task>/results.jsonl`` gets one line per item as soon as it is scored
-    (``{"id", "index", "completions", "correct"}``); a restarted run skips the ids already there.
-    At the end ``out_dir/summary.json`` and ``out_dir/summary.md`` hold pass@k per task and the
-    full generation config. The key for item ``i``'s chunk ``j`` is
-    ``fold_in(fold_in(key(seed), i), j)``, so results do not depend on where a run was resumed.
-
-    Args:
-      model_dir: checkpoint directory (model and tokenizer); may be None with ``generate_fn``
-        and ``tokenizer`` given.
-      tasks: names (or a comma-separated string) or :class:`Task` objects.
-      limit: first ``limit`` items of each task (None: all).
-      samples: completions per item (the n of pass@k).
-      sampler_config: the sampler's frozen config (recorded; used by the default generator).
-      out_dir: output directory.
-      seed: base seed.
-      data_dir: directory with the benchmark files (None: each task's HF dataset).
-      batch_size: prompts per generate call (default ``samples``); the last chunk is padded.
-      generate_fn: ``(prompt_ids, key) -> completion ids`` replacing the model's sampler.
-      tokenizer: replaces ``AutoTokenizer.from_pretrained(model_dir)``.
-      workers: sandbox processes at once for code tasks.
-      sandbox_config: sandbox limits for code tasks.
-      dtype: model dtype for the default generator.
-      progress: show a tqdm bar.
-
-    Returns:
-      ``{task name: summary dict}``.
-    """
-    if isinstance(tasks, str):
-        from dllm_jax.tasks.benchmarks import parse_task_list
-
-        task_objs = parse_task_list(tasks)
-    else:
-        task_objs = [_as_task(t) for t in tasks]
-    if not task_objs:
-        raise ConfigError("no tasks given")
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ConfigError(f"samples must be a positive integer, got {samples!r}")
-    if limit is not None and limit < 1:
-        raise ConfigError(f"limit must be >= 1, got {limit}")
-    batch = batch_size or samples
-    if batch < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch}")
-    if generate_fn is None or tokenizer is None:
-        if model_dir is None or not Path(model_dir).is_dir():
-            raise ConfigError(f"--model {model_dir} is not a directory")
-    loaded = {t.name: t.load(data_dir, limit) for t in task_objs}  # data errors before models
-    if tokenizer is None:
-        from dllm_jax.data.tokenizer import load_tokenizer
-
-        tokenizer = load_tokenizer(model_dir)
-    if generate_fn is None:
-        import dllm_jax
-
-        model = dllm_jax.from_pretrained(model_dir, dtype=dtype)
-        mc = model.config
-        pad = getattr(tokenizer, "pad_token_id", None)
-        pad = pad if pad is not None else (mc.pad_token_id if mc.pad_token_id is not None
-                                           else mc.eos_token_id or 0)
-        generate_fn = _model_generate_fn(model, sampler_config, int(pad), mc.eos_token_id, batch)
-
-    import jax
-    from tqdm.auto import tqdm
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    base_key = jax.random.key(seed)
-    summaries: dict[str, Any] = {}
-    for t in task_objs:
-        items = loaded[t.name]
-        tdir = out / t.name
-        tdir.mkdir(exist_ok=True)
-        res_path = tdir / "results.jsonl"
-        done = _read_results(res_path)
-        todo = [(i, it) for i, it in enumerate(items) if str(it["id"]) not in done]
-        with open(res_path, "a", encoding="utf-8") as f, tqdm(
-                total=len(items), initial=len(items) - len(todo), desc=t.name,
-                disable=not progress) as bar:
-            for index, item in todo:
-                completions = _sample_item(t, item, index, tokenizer, generate_fn, base_key,
-                                           samples, batch)
-                ok = t.score_many([(item, c) for c in completions],
-                                  sandbox_config=sandbox_config, workers=workers)
-                rec = {"id": item["id"], "index": index, "completions": completions,
-                       "correct": [bool(x) for x in ok]}
-                f.write(json.dumps(rec) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-                done[str(item["id"])] = rec
-                bar.update(1)
-        wanted = {str(it["id"]) for it in items}
-        summaries[t.name] = summarize(
-            t.name, {i: r["correct"] for i, r in done.items() if i in wanted})
-    _write_summary(out, summaries, {
-        "model": str(model_dir), "seed": seed, "samples": samples, "limit": limit,
-        "batch_size": batch, "data_dir": None if data_dir is None else str(data_dir),
-        **_config_dict(sampler_config)})
-    return summaries
-
-
-def _sample_item(t: Task, item: Item, index: int, tokenizer: Any, generate_fn: GenerateFn,
-                 base_key: Any, samples: int, batch: int) -> list[str]:
-    import jax
-
-    prompt = t.encode_prompt(tokenizer, item)
-    item_key = jax.random.fold_in(base_key, index)
-    completions: list[str] = []
-    for j, start in enumerate(range(0, samples, batch)):
-        m = min(batch, samples - start)
-        rows = generate_fn([prompt] * m, jax.random.fold_in(item_key, j))
-        if len(rows) != m:
-            raise ValueError(f"generate_fn returned {len(rows)} rows for {m} prompts")
-        completions += [_decode(tokenizer, [int(x) for x in r]) for r in rows]
-    return completions
-
-
-def _decode(tokenizer: Any, ids: list[int]) -> str:
-    try:
-        return tokenizer.decode(ids, skip_special_tokens=True)
-    except TypeError:  # tokenizers without HF's keyword (dllm_jax.data.chartok)
-        return tokenizer.decode(ids)
 
 
 def _write_summary(out: Path, summaries: dict[str, Any], config: dict[str, Any]) -> None:

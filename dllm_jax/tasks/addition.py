@@ -1,22 +1,28 @@
-"""Multi-digit addition: ``aaa+bbb=`` -> the sum, least-significant digit first (SPEC 8).
+"""Multi-digit addition: ``aaa+bbb=`` -> the sum, least-significant digit first.
 
 With ``digits=3``: prompt ``"047+985="`` (8 characters), answer ``"2301"`` (1032 written
 backwards, always ``digits + 1`` characters). Writing the sum backwards lets a left-to-right
-reader carry; a diffusion model may fill the digits in any order.
+reader carry; a diffusion model may fill the digits in any order. Addition has no data files:
+its examples are only generated.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
-from dllm_jax.tasks.common import Example, check_fraction, sample_examples
+from dllm_jax.tasks.base import FORMAT_TAIL, Item
+from dllm_jax.tasks.common import Example, Puzzle, check_fraction, fields_of, sample_examples
+
+PROMPT = ("Compute {a} + {b}. Write the sum as exactly {width} digits (with leading zeros), "
+          "reversed so that the least significant digit comes first.\n"
+          + FORMAT_TAIL.format(answer="the reversed digits"))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Addition:
+class Addition(Puzzle):
     """Addition of two ``digits``-digit numbers (leading zeros written).
 
     Attributes:
@@ -25,6 +31,7 @@ class Addition:
     """
 
     name: ClassVar[str] = "addition"
+    data: ClassVar[None] = None
     digits: int = 3
     test_fraction: float = 0.1
 
@@ -61,14 +68,22 @@ class Addition:
         return sample_examples(draw, seed=seed, n=n, split=split,
                                test_fraction=self.test_fraction, name=self.name)
 
-    def verify(self, example: Example | dict[str, Any], completion: str) -> float:
+    def verify(self, example: Example | Item, completion: str) -> float:
         """1.0 if ``completion`` (surrounding whitespace ignored) is the reversed sum, else 0.0."""
         try:
-            meta = example.meta if isinstance(example, Example) else example
-            want = str(int(meta["a"]) + int(meta["b"])).zfill(self.digits + 1)[::-1]
-            return 1.0 if isinstance(completion, str) and completion.strip() == want else 0.0
+            want = self.solution(example)
         except (KeyError, TypeError, ValueError):
             return 0.0
+        return 1.0 if isinstance(completion, str) and completion.strip() == want else 0.0
+
+    def solution(self, item: Example | Item) -> str:
+        """The reversed, zero-padded sum of ``item``'s ``a`` and ``b``."""
+        meta = fields_of(item)
+        return str(int(meta["a"]) + int(meta["b"])).zfill(self.digits + 1)[::-1]
+
+    def prompt_text(self, item: Item) -> str:
+        meta = fields_of(item)
+        return PROMPT.format(a=meta["a"], b=meta["b"], width=self.answer_length)
 
     def format_reward(self, completion: str) -> float:
         """1.0 if ``completion`` is exactly ``digits + 1`` decimal digits."""

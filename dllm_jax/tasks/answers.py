@@ -1,7 +1,11 @@
-"""Answer extraction and d1-style reward functions, shared by evaluation and RL (pure Python).
+"""Answer extraction (``\\boxed{}``, ``<answer>`` tags, GSM8K's ``####``, the last number), math
+equivalence, and the GSM8K / MATH rewards, shared by evaluation and RL (pure Python).
 
 Every reward takes the raw completion text and returns a float in [0, 1]; malformed completions
 (empty, truncated tags, garbage, huge numbers, division by zero) score 0.0 and never raise.
+The Countdown and Sudoku rewards belong to their tasks (``Countdown.reward``,
+``Sudoku.reward`` in :mod:`dllm_jax.tasks`), which judge the answer with the same verifier as
+their generated puzzles.
 
 Math equivalence (:func:`math_equal`) conventions, checked by ``tests/test_eval_scoring.py``:
   * thousands separators are dropped (``1,000`` == ``1000``), but ``1,2`` stays a tuple;
@@ -15,7 +19,6 @@ Math equivalence (:func:`math_equal`) conventions, checked by ``tests/test_eval_
 
 from __future__ import annotations
 
-import ast
 import math
 import re
 import threading
@@ -218,88 +221,6 @@ def math_reward(completion: str, gold: str) -> float:
         gold = extract_boxed(gold)
     pred = extract_final_answer(completion, number_fallback=False)
     return 1.0 if pred is not None and math_equal(pred, gold) else 0.0
-
-
-_BINOPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
-           ast.Mult: lambda a, b: a * b, ast.Div: lambda a, b: a / b}
-
-
-def _eval_arith(node: ast.AST, used: list[int]) -> Fraction:
-    """Exact value of ``+ - * /`` over non-negative integer literals; raises on anything else."""
-    if isinstance(node, ast.Expression):
-        return _eval_arith(node.body, used)
-    if isinstance(node, ast.Constant) and type(node.value) is int and node.value >= 0:
-        used.append(node.value)
-        return Fraction(node.value)
-    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-        a, b = _eval_arith(node.left, used), _eval_arith(node.right, used)
-        return _BINOPS[type(node.op)](a, b)  # ZeroDivisionError for x/0
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
-        v = _eval_arith(node.operand, used)
-        return -v if isinstance(node.op, ast.USub) else v
-    raise ValueError(f"not allowed in an equation: {type(node).__name__}")
-
-
-def countdown_equation_value(expr: str, numbers: list[int]) -> Fraction | None:
-    """Exact value of ``expr`` if it uses each of ``numbers`` exactly once with ``+ - * /``
-    (and parentheses); None otherwise. Parsed with ``ast``, never ``eval``."""
-    if not isinstance(expr, str):
-        return None
-    expr = expr.strip()
-    if "=" in expr:  # "a+b-c = t": judge the left-hand side
-        expr = expr.split("=", 1)[0].strip()
-    if not expr or len(expr) > 200 or not re.fullmatch(r"[\d+\-*/().\s]+", expr):
-        return None
-    try:
-        used: list[int] = []
-        value = _eval_arith(ast.parse(expr, mode="eval"), used)
-    except (SyntaxError, ValueError, ZeroDivisionError, RecursionError, MemoryError):
-        return None
-    if sorted(used) != sorted(int(n) for n in numbers):
-        return None
-    return value
-
-
-def countdown_reward(completion: str, numbers: list[int], target: int, *,
-                     format_score: float = 0.0) -> float:
-    """1.0 if the last ``<answer>`` holds an expression using each of ``numbers`` exactly once
-    that evaluates exactly to ``target``; ``format_score`` (d1 uses 0.1) for an answer tag that
-    fails; 0.0 with no answer tag."""
-    expr = extract_answer_tag(completion)
-    if expr is None:
-        return 0.0
-    value = countdown_equation_value(expr, numbers)
-    return 1.0 if value is not None and value == target else format_score
-
-
-def _check_grid(name: str, s: str) -> None:
-    if not isinstance(s, str) or len(s) != 16 or not s.isdigit():
-        raise ValueError(f"sudoku {name} must be 16 digits, got {s!r}")
-
-
-def sudoku_reward(completion: str, puzzle: str, solution: str) -> float:
-    """Fraction of the puzzle's empty cells (``0``) that the answer fills correctly (d1).
-
-    As in d1's ``sudoku_reward_func``: the digits of the last ``<answer>`` block, in order, are
-    the 16 cells (padded with ``0`` or truncated to 16); given cells are not scored; a puzzle
-    without empty cells scores 0.0. 1.0 means the grid is solved.
-
-    Raises:
-      ValueError: ``puzzle`` or ``solution`` is not 16 digits (a caller bug, not model output).
-    """
-    _check_grid("puzzle", puzzle)
-    _check_grid("solution", solution)
-    tag = extract_answer_tag(completion)
-    if tag is None:
-        return 0.0
-    digits = "".join(ch for ch in tag if ch.isdigit())
-    if not digits:
-        return 0.0
-    digits = (digits + "0" * 16)[:16]
-    empty = [i for i in range(16) if puzzle[i] == "0"]
-    if not empty:
-        return 0.0
-    return sum(digits[i] == solution[i] for i in empty) / len(empty)
 
 
 _FORMAT = re.compile(r"\s*<reasoning>.*?</reasoning>\s*<answer>.*?</answer>\s*", re.DOTALL)

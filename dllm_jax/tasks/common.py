@@ -1,14 +1,19 @@
-"""What every built-in task shares: the example record, the train/test split, the sampling
-loop and the encoding of examples into fixed-shape id arrays."""
+"""What the built-in puzzles share: the :class:`Puzzle` interface (a task that also generates
+examples), the example record, the train/test split, the sampling loop and
+the encoding of examples into fixed-shape id arrays."""
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
+
+from dllm_jax.tasks.answers import extract_answer_tag
+from dllm_jax.tasks.base import Item, Task, answer_block
 
 Split = Literal["train", "test"]
 SPLITS = ("train", "test")
@@ -28,6 +33,60 @@ class Example:
     prompt: str
     answer: str
     meta: dict[str, Any]
+
+
+def fields_of(example: Example | Item) -> Item:
+    """The fields a verifier reads: an example's ``meta``, or an item as it is."""
+    return example.meta if isinstance(example, Example) else example
+
+
+class Puzzle(Task):
+    """A built-in synthetic task: exact-verifier puzzles generated on the fly.
+
+    Two faces share one verifier. :meth:`generate` makes compact character-level
+    :class:`Example` s (``prompt``, ``answer``) for the tiny models of the demo, scored by
+    :meth:`verify` on the bare answer; the :class:`~dllm_jax.tasks.base.Task` methods give the
+    same puzzles (generated ``meta`` or loaded records) a worded prompt in the
+    ``<reasoning>``/``<answer>`` format, and :meth:`reward` applies :meth:`verify` to the answer
+    the completion commits to.
+    """
+
+    @property
+    @abc.abstractmethod
+    def prompt_length(self) -> int:
+        """Characters in every generated prompt."""
+
+    @property
+    @abc.abstractmethod
+    def answer_length(self) -> int:
+        """Answer width: generated answers have at most this many characters."""
+
+    @abc.abstractmethod
+    def generate(self, seed: int, n: int, split: str = "train") -> list[Example]:
+        """``n`` distinct examples of ``split``, deterministic in ``(seed, split)``."""
+
+    @abc.abstractmethod
+    def verify(self, example: Example | Item, completion: str) -> float:
+        """1.0 if the bare ``completion`` solves the example (or item), else 0.0."""
+
+    @abc.abstractmethod
+    def format_reward(self, completion: str) -> float:
+        """1.0 if the bare ``completion`` has the answer's form (right or wrong)."""
+
+    @abc.abstractmethod
+    def solution(self, item: Example | Item) -> str:
+        """A bare answer that :meth:`verify` accepts."""
+
+    def answer_of(self, completion: str) -> str | None:
+        """The bare answer a worded completion commits to: its last ``<answer>`` block."""
+        return extract_answer_tag(completion)
+
+    def reward(self, item: Item, completion: str) -> float:
+        answer = self.answer_of(completion)
+        return 0.0 if answer is None else self.verify(item, answer)
+
+    def reference_completion(self, item: Item) -> str:
+        return answer_block("Work it out.", self.solution(item))
 
 
 def split_of(identity: str, test_fraction: float) -> Split:

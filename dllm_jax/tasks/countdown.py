@@ -7,6 +7,9 @@ every division must be exact (no remainder, as in the game). Expressions are par
 ``ast`` and evaluated node by node over integers, never with ``eval``.
 
 Instances are made from a random expression (its value is the target), so each is solvable.
+The same class loads d1's Countdown test file (``{"input": "30,100,93", "output": "23"}``) and
+scores its worded prompts with the same verifier: :meth:`Countdown.reward` judges the
+expression in the completion's last ``<answer>`` block.
 """
 
 from __future__ import annotations
@@ -16,16 +19,27 @@ import dataclasses
 import itertools
 import re
 from collections import Counter
-from typing import Any, ClassVar
+from collections.abc import Iterator, Sequence
+from typing import ClassVar
 
 import numpy as np
 
-from dllm_jax.tasks.common import Example, check_fraction, sample_examples
+from dllm_jax.errors import ConfigError
+from dllm_jax.tasks.base import FORMAT_TAIL, DataFiles, Item
+from dllm_jax.tasks.common import Example, Puzzle, check_fraction, fields_of, sample_examples
 
 OPS = "+-*/"
 MAX_EXPR_CHARS = 64  # longer completions are rejected before parsing
 _ALLOWED = re.compile(r"[0-9+\-*/() ]+")
 _BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
+
+PROMPT = (
+    "Using each of the numbers {numbers} exactly once, with + - * / and parentheses as needed, "
+    "write an arithmetic expression whose value is exactly {target}. Put only the expression "
+    "in the answer, with no equals sign and no result (for the numbers [2, 3, 4] and the "
+    "target 5 the answer would be 2*4-3).\n" + FORMAT_TAIL.format(answer="expression"))
+D1_FILES = DataFiles(files=("countdown_cd3_test.jsonl", "countdown.jsonl"),
+                     required=("input", "output"))
 
 
 class _Reject(Exception):
@@ -74,20 +88,25 @@ def eval_equation(expr: str) -> tuple[int, list[int]] | None:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Countdown:
+class Countdown(Puzzle):
     """Three numbers in ``[1, max_number]`` and a target in ``[1, max_target]``.
+
+    Items (generated ``meta`` or loaded d1 records) hold ``numbers`` and ``target``.
 
     Attributes:
       max_number: largest number drawn (1..99).
       max_target: largest target kept (1..999).
       test_fraction: share of instances (by sorted numbers and target) reserved for test.
+      format_score: reward for an ``<answer>`` block whose expression is wrong (d1 gives 0.1).
     """
 
     name: ClassVar[str] = "countdown"
+    data: ClassVar[DataFiles] = D1_FILES
     num_numbers: ClassVar[int] = 3
     max_number: int = 30
     max_target: int = 99
     test_fraction: float = 0.1
+    format_score: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_number, int) or not 1 <= self.max_number <= 99:
@@ -97,6 +116,8 @@ class Countdown:
             raise ValueError(f"countdown.max_target must be an int in 1..999, got "
                              f"{self.max_target!r}")
         check_fraction(self.test_fraction)
+        if not 0.0 <= self.format_score < 1.0:
+            raise ValueError(f"countdown.format_score must be in [0, 1), got {self.format_score}")
 
     @property
     def _widths(self) -> tuple[int, int]:
@@ -146,10 +167,10 @@ class Countdown:
         return sample_examples(draw, seed=seed, n=n, split=split,
                                test_fraction=self.test_fraction, name=self.name)
 
-    def verify(self, example: Example | dict[str, Any], completion: str) -> float:
+    def verify(self, example: Example | Item, completion: str) -> float:
         """1.0 if ``completion`` uses each number exactly once and equals the target exactly."""
         try:
-            meta = example.meta if isinstance(example, Example) else example
+            meta = fields_of(example)
             numbers, target = [int(x) for x in meta["numbers"]], int(meta["target"])
         except (KeyError, TypeError, ValueError):
             return 0.0
@@ -159,19 +180,68 @@ class Countdown:
         value, used = result
         return 1.0 if value == target and Counter(used) == Counter(numbers) else 0.0
 
+    def solution(self, item: Example | Item) -> str:
+        """An expression :meth:`verify` accepts, found by :func:`solve_countdown` ("" if none)."""
+        meta = fields_of(item)
+        return solve_countdown(meta["numbers"], int(meta["target"])) or ""
+
+    def from_record(self, record: Item) -> Item:
+        """A d1 record (``input`` "a,b,c", ``output`` "t") with ``numbers`` and ``target``."""
+        try:
+            numbers = [int(x) for x in str(record["input"]).split(",")]
+            return {**record, "numbers": numbers, "target": int(record["output"])}
+        except ValueError as e:
+            raise ConfigError(f"countdown record {record.get('id')}: bad input/output: "
+                              f"{e}") from None
+
+    def prompt_text(self, item: Item) -> str:
+        return PROMPT.format(numbers=list(item["numbers"]), target=item["target"])
+
+    def answer_of(self, completion: str) -> str | None:
+        """The expression in the last ``<answer>`` block; a trailing ``= result`` is dropped."""
+        answer = super().answer_of(completion)
+        return None if answer is None else " ".join(answer.split("=", 1)[0].split())
+
+    def reward(self, item: Item, completion: str) -> float:
+        """1.0 for a correct expression in the last ``<answer>`` block, :attr:`format_score`
+        for a wrong one, 0.0 without an answer block."""
+        answer = self.answer_of(completion)
+        if answer is None:
+            return 0.0
+        return 1.0 if self.verify(item, answer) == 1.0 else self.format_score
+
     def format_reward(self, completion: str) -> float:
         """1.0 if ``completion`` is a well-formed ``+ - * /`` expression over three numbers."""
         result = eval_equation(completion)
         return 1.0 if result is not None and len(result[1]) == self.num_numbers else 0.0
 
 
-def solve_countdown(numbers: list[int], target: int) -> str | None:
-    """An expression reaching ``target`` with each of three numbers once, or None (tries
-    every order, operator pair and bracketing)."""
-    for a, b, c in itertools.permutations(int(x) for x in numbers):
-        for o1, o2 in itertools.product(OPS, repeat=2):
-            for expr in (f"({a}{o1}{b}){o2}{c}", f"{a}{o1}({b}{o2}{c})"):
-                res = eval_equation(expr)
-                if res is not None and res[0] == target:
-                    return expr
+def solve_countdown(numbers: Sequence[int], target: int) -> str | None:
+    """An expression that uses each of ``numbers`` once and equals ``target`` under the rules
+    of :meth:`Countdown.verify` (every division exact), or None. Tries every order of the
+    numbers, every bracketing and every operator."""
+    for order in itertools.permutations(int(x) for x in numbers):
+        for expr, value in _expressions(order):
+            if value == target:
+                return expr
     return None
+
+
+def _expressions(numbers: tuple[int, ...]) -> Iterator[tuple[str, int]]:
+    """``(text, value)`` of every expression over ``numbers`` in this order."""
+    if len(numbers) == 1:
+        yield str(numbers[0]), numbers[0]
+        return
+    for cut in range(1, len(numbers)):
+        for (left, a), (right, b) in itertools.product(list(_expressions(numbers[:cut])),
+                                                       list(_expressions(numbers[cut:]))):
+            for op in OPS:
+                try:
+                    value = _apply(op, a, b)
+                except _Reject:
+                    continue
+                yield f"{_bracket(left)}{op}{_bracket(right)}", value
+
+
+def _bracket(expr: str) -> str:
+    return expr if expr.isdigit() else f"({expr})"

@@ -3,17 +3,25 @@
 Grids are 16 characters, row by row, ``0`` for an empty cell. A puzzle is made from a uniformly
 chosen valid grid (one of all 288) by emptying cells in random order, keeping each removal only
 while the solution stays unique, until the drawn number of cells is empty.
+
+The same class loads d1's 4x4 Sudoku test file (CSV columns ``Puzzle,Solution``) and scores
+its worded prompts with the same rules: a completion solves an item when the grid in its last
+``<answer>`` block passes :meth:`Sudoku.verify`, and :meth:`Sudoku.reward` is d1's partial
+credit, :meth:`Sudoku.cell_accuracy` of that grid. Some of d1's puzzles have several solutions;
+any of them solves the puzzle, while the partial credit compares with the published one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
-from dllm_jax.tasks.common import Example, check_fraction, sample_examples
+from dllm_jax.errors import ConfigError
+from dllm_jax.tasks.base import FORMAT_TAIL, DataFiles, Item
+from dllm_jax.tasks.common import Example, Puzzle, check_fraction, fields_of, sample_examples
 
 N = 4
 CELLS = N * N
@@ -25,6 +33,14 @@ UNITS: tuple[tuple[int, ...], ...] = (
             for br in (0, 2) for bc in (0, 2)))
 PEERS: tuple[frozenset[int], ...] = tuple(
     frozenset(j for u in UNITS if i in u for j in u) - {i} for i in range(CELLS))
+
+PROMPT = (
+    "Solve this 4x4 Sudoku. Every row, every column and each of the four 2x2 boxes must "
+    "contain the digits 1, 2, 3 and 4 exactly once. The grid is given row by row as 16 digits, "
+    "with 0 for an empty cell:\n{puzzle}\nAnswer with the completed grid as 16 digits, row by "
+    "row.\n" + FORMAT_TAIL.format(answer="16 digits"))
+D1_FILES = DataFiles(files=("sudoku_4x4_test.csv", "4x4_test_sudoku.csv", "sudoku.csv"),
+                     required=("Puzzle", "Solution"))
 
 
 def solve_all(puzzle: list[int] | tuple[int, ...],
@@ -73,8 +89,10 @@ def is_valid_grid(cells: str) -> bool:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Sudoku:
+class Sudoku(Puzzle):
     """4x4 Sudoku puzzles with a unique solution and ``min_blanks..max_blanks`` empty cells.
+
+    Items (generated ``meta`` or loaded d1 records) hold ``puzzle`` and ``solution``.
 
     Attributes:
       min_blanks / max_blanks: range of empty cells per puzzle, drawn uniformly (1..12; a 4x4
@@ -83,6 +101,7 @@ class Sudoku:
     """
 
     name: ClassVar[str] = "sudoku"
+    data: ClassVar[DataFiles] = D1_FILES
     min_blanks: int = 6
     max_blanks: int = 10
     test_fraction: float = 0.1
@@ -138,32 +157,64 @@ class Sudoku:
         return sample_examples(draw, seed=seed, n=n, split=split,
                                test_fraction=self.test_fraction, name=self.name)
 
-    def verify(self, example: Example | dict[str, Any], completion: str) -> float:
+    def verify(self, example: Example | Item, completion: str) -> float:
         """1.0 if ``completion`` is a valid grid that keeps every given cell, else 0.0.
 
-        (The puzzle's solution is unique, so this is the same as matching it.)
+        (A generated puzzle's solution is unique, so this is the same as matching it.)
         """
         try:
-            meta = example.meta if isinstance(example, Example) else example
-            if not isinstance(completion, str):
-                return 0.0
-            return 1.0 if is_valid_solution(completion.strip(), str(meta["puzzle"])) else 0.0
-        except (KeyError, TypeError, ValueError):
+            puzzle = str(fields_of(example)["puzzle"])
+        except (KeyError, TypeError):
             return 0.0
+        ok = isinstance(completion, str) and is_valid_solution(completion.strip(), puzzle)
+        return 1.0 if ok else 0.0
 
-    def cell_accuracy(self, example: Example | dict[str, Any], completion: str) -> float:
-        """Share of the puzzle's empty cells that ``completion`` fills correctly (d1's partial
-        credit); 0.0 for malformed input."""
+    def cell_accuracy(self, example: Example | Item, completion: str) -> float:
+        """Share of the puzzle's empty cells that ``completion`` fills as the reference
+        solution does (d1's partial credit; given cells are not scored); 0.0 for malformed
+        input or a puzzle without empty cells."""
         try:
-            meta = example.meta if isinstance(example, Example) else example
+            meta = fields_of(example)
             puzzle, solution = str(meta["puzzle"]), str(meta["solution"])
-            c = completion.strip() if isinstance(completion, str) else ""
-            empty = [i for i in range(CELLS) if puzzle[i] == "0"]
-            if not empty:
-                return 0.0
-            return sum(i < len(c) and c[i] == solution[i] for i in empty) / len(empty)
-        except (KeyError, TypeError, ValueError, IndexError):
+        except (KeyError, TypeError):
             return 0.0
+        c = completion.strip() if isinstance(completion, str) else ""
+        empty = [i for i in range(min(len(puzzle), len(solution))) if puzzle[i] == "0"]
+        if not empty:
+            return 0.0
+        return sum(i < len(c) and c[i] == solution[i] for i in empty) / len(empty)
+
+    def solution(self, item: Example | Item) -> str:
+        return str(fields_of(item)["solution"])
+
+    def from_record(self, record: Item) -> Item:
+        """A d1 record (``Puzzle``, ``Solution``) with ``puzzle`` and ``solution``."""
+        puzzle, solution = str(record["Puzzle"]), str(record["Solution"])
+        for field, grid in (("Puzzle", puzzle), ("Solution", solution)):
+            if len(grid) != CELLS or not grid.isdigit():
+                raise ConfigError(f"sudoku record {record.get('id')}: {field} must be "
+                                  f"{CELLS} digits, got {grid!r}")
+        return {**record, "puzzle": puzzle, "solution": solution}
+
+    def prompt_text(self, item: Item) -> str:
+        return PROMPT.format(puzzle=item["puzzle"])
+
+    def answer_of(self, completion: str) -> str | None:
+        """The grid in the last ``<answer>`` block as d1 reads it: its digits in order, cut or
+        padded with ``0`` to 16; None without an answer block or digits."""
+        answer = super().answer_of(completion)
+        digits = "" if answer is None else "".join(ch for ch in answer if ch.isdigit())
+        return (digits + "0" * CELLS)[:CELLS] if digits else None
+
+    def reward(self, item: Item, completion: str) -> float:
+        """d1's reward: :meth:`cell_accuracy` of the answered grid (0.0 without one)."""
+        grid = self.answer_of(completion)
+        return 0.0 if grid is None else self.cell_accuracy(item, grid)
+
+    def solved(self, item: Item, completion: str) -> bool:
+        """Whether the answered grid passes :meth:`verify`."""
+        grid = self.answer_of(completion)
+        return grid is not None and self.verify(item, grid) == 1.0
 
     def format_reward(self, completion: str) -> float:
         """1.0 if ``completion`` is 16 digits from 1-4 (solved or not)."""
