@@ -12,11 +12,11 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import tiny_model
 
 from dllm_jax import weights
 from dllm_jax.cli import main
 from dllm_jax.weights.safetensors_io import write_safetensors
-from helpers import tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -211,9 +211,10 @@ def test_nonfinite_weights_kept_on_request(good_dir, tmp_path, capsys):
     ("partial_rotary_factor", 0.5, "partial rotary embeddings"),
 ])
 def test_llada_config_refuses_math_changing_fields(field, value, what):
+    from helpers import tiny_config
+
     from dllm_jax.errors import ConfigError
     from dllm_jax.model.config import ModelConfig
-    from helpers import tiny_config
 
     hf = tiny_config("llada").to_hf_config()
     ModelConfig.from_hf_config(hf)  # the plain config is accepted

@@ -6,7 +6,6 @@ import argparse
 import importlib
 import sys
 
-
 # (module, function) pairs that register further subcommands; each owns its parser.
 _PLUGINS = [
     ("dllm_jax.cli.convert", "add_convert_parser"),

@@ -14,7 +14,6 @@ process keeps its own rows) or, with ``local_batch=True``, only this process's r
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time
@@ -24,7 +23,6 @@ from typing import Any
 
 import jax
 import numpy as np
-import yaml
 from flax import nnx
 
 from dllm_jax.model import sharding as shd
@@ -33,36 +31,14 @@ from dllm_jax.train import step as st
 from dllm_jax.train.checkpoint import Checkpointer, CheckpointError, check_meta, key_data
 from dllm_jax.train.config import TrainConfig
 from dllm_jax.train.optim import learning_rate_schedule
+from dllm_jax.train.overrides import dump_yaml, to_dict
 
 LORA_KEY = 0x10A  # fold_in salt for the adapters' initial key
 
 
-def to_plain(obj: Any) -> Any:
-    """Dataclasses/tuples -> YAML-friendly dicts/lists."""
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [to_plain(x) for x in obj]
-    if isinstance(obj, dict):
-        return {k: to_plain(v) for k, v in obj.items()}
-    return obj
-
-
 def dump_config(path: Path, resolved: dict[str, Any]) -> None:
-    """Writes the resolved config as YAML (``dllm_jax.train.overrides.dump_yaml`` when present)."""
-    try:
-        from dllm_jax.train.overrides import dump_yaml
-    except ImportError:
-        dump_yaml = None
-    if dump_yaml is not None:
-        try:
-            text = dump_yaml(resolved)
-        except Exception:  # a different signature: fall back to plain YAML
-            text = None
-        if isinstance(text, str):
-            path.write_text(text)
-            return
-    path.write_text(yaml.safe_dump(to_plain(resolved), sort_keys=False))
+    """Writes the resolved config as YAML (loadable again with ``train.overrides``)."""
+    dump_yaml(resolved, path)
 
 
 class MetricsWriter:
@@ -150,7 +126,7 @@ class Trainer:
                                           grad_accum=config.optim.grad_accum, mesh=self.mesh,
                                           shardings=self.shardings, params_fn=self.params_fn)
         self.base_key = jax.random.PRNGKey(config.seed)
-        self.resolved_config = {"train": to_plain(config), **(extra_config or {})}
+        self.resolved_config = {"train": to_dict(config), **(extra_config or {})}
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.checkpointer = Checkpointer(self.out_dir / "checkpoints",
                                          keep=config.checkpoint.keep)
