@@ -8,7 +8,7 @@ import pytest
 from dllm_jax.analysis.zones import auc, confusion_zones, step_metrics, zscore
 from dllm_jax.cli import main
 from dllm_jax.weights.convert import save_checkpoint
-from dllm_jax.sampling.loop import step_stats
+from dllm_jax.sampling.record import step_stats
 from helpers import sharpened, tiny_model
 
 

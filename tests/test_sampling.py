@@ -8,7 +8,9 @@ import pytest
 from dllm_jax.errors import ConfigError
 from dllm_jax.model.transformer import denoise_step
 from dllm_jax.sampling import DreamConfig, LLaDAConfig, generate
-from dllm_jax.sampling.loop import _sample, propose, row_step_keys, select, strip_after_eos
+from dllm_jax.sampling.loop import _sample
+from dllm_jax.sampling.plan import propose, row_step_keys, select
+from dllm_jax.sampling.record import strip_after_eos
 
 MASK = 63
 PROMPT = np.array([[3, 17, 22, 9, 41], [12, 5, 30, 2, 8]], np.int32)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from dllm_jax.analysis.zones import confusion_zones, plot_trajectory
 from dllm_jax.data.tokenizer import load_tokenizer, render_prompt
 from dllm_jax.errors import ConfigError
+from dllm_jax.sampling import DreamConfig, IMHConfig, LLaDAConfig, generate
+from dllm_jax.weights import from_pretrained
 
 
 def add_sampler_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,25 +42,21 @@ def add_sampler_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--proposal-temperature", type=float)
 
 
-_FIELDS = {
-    "llada": {"gen_length", "steps", "block_length", "temperature", "cfg_scale", "remasking",
-              "threshold", "logits_eos_inf", "top_p", "top_k", "alg_temp", "cache"},
-    "dream": {"max_new_tokens", "steps", "block_length", "temperature", "top_p", "top_k", "eps",
-              "alg", "alg_temp", "cache"},
-    "imh": {"alpha", "num_candidates", "proposal", "proposal_temperature", "gen_length",
-            "block_length", "steps"},
-}
+_PRESETS = {"llada": LLaDAConfig, "dream": DreamConfig, "imh": IMHConfig}
 
 
-def sampler_config_from_args(args: argparse.Namespace, model_config: Any = None):
+def _knobs(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def sampler_config_from_args(args: argparse.Namespace):
     """The preset's frozen config from parsed flags; a flag the preset does not take is an
-    error (one line), so a typo never silently falls back to a default."""
-    from dllm_jax.sampling.presets import DreamConfig, IMHConfig, LLaDAConfig
-
-    cls = {"llada": LLaDAConfig, "dream": DreamConfig, "imh": IMHConfig}[args.sampler]
-    all_fields = set().union(*_FIELDS.values())
-    given = {k: getattr(args, k) for k in all_fields if getattr(args, k, None) is not None}
-    extra = sorted(set(given) - _FIELDS[args.sampler])
+    error (one line), so a typo never silently falls back to a default. A flag belongs to the
+    presets that have a field of its name."""
+    cls = _PRESETS[args.sampler]
+    all_knobs = set().union(*map(_knobs, _PRESETS.values()))
+    given = {k: getattr(args, k) for k in all_knobs if getattr(args, k, None) is not None}
+    extra = sorted(set(given) - _knobs(cls))
     if extra:
         flags = ", ".join("--" + k.replace("_", "-") for k in extra)
         raise ConfigError(f"{flags} not used by --sampler {args.sampler}")
@@ -88,9 +87,7 @@ def _prepare(args: argparse.Namespace):
                    for text in args.prompt]
     else:
         prompts = _parse_prompt_ids(args.prompt_ids)
-    import dllm_jax
-
-    model = dllm_jax.from_pretrained(args.model, dtype=args.dtype)
+    model = from_pretrained(args.model, dtype=args.dtype)
     vocab = model.config.vocab_size
     bad = [t for row in prompts for t in row if not 0 <= t < vocab]
     if bad:
@@ -134,13 +131,10 @@ def add_trajectory_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace, record: bool):
-    from dllm_jax.sampling import generate
-
     model, config, prompts, tokenizer = _prepare(args)
     out = generate(model, prompts, config=config, key=args.seed, record=record)
     seqs = np.asarray(out.sequences)
-    p_len = seqs.shape[1] - (config.max_new_tokens if hasattr(config, "max_new_tokens")
-                             else config.gen_length)
+    p_len = max(len(r) for r in prompts)  # prompts are left-padded to the longest
     return out, seqs, p_len, tokenizer
 
 
@@ -161,8 +155,6 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _trajectory(args: argparse.Namespace) -> int:
-    from dllm_jax.analysis.zones import confusion_zones, plot_trajectory
-
     out, seqs, p_len, tokenizer = _run(args, True)
     t = out.trajectory
     zones = plot_trajectory(t, args.plot, row=0, threshold=args.zone_threshold)

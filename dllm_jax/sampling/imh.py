@@ -1,4 +1,4 @@
-"""Global tempering: an Independent Metropolis-Hastings chain over block candidates (SPEC 5).
+"""Global tempering: an Independent Metropolis-Hastings chain over block candidates.
 
 Per block, K candidate completions are drawn as one batch (``B * K`` rows) by a high-entropy
 proposal (random-order or top-probability-position decoding at ``proposal_temperature``).
@@ -6,38 +6,24 @@ Each candidate carries ``log p_hat`` (the model's log-probability of its committ
 its own path) and ``log q`` (the proposal's log-probability of the same choices). An
 independent MH chain over the candidates targets ``p^alpha``: from the current state ``x`` it
 accepts ``x'`` with probability ``min(1, exp(alpha (lp' - lp) - (lq' - lq)))``, which is
-``exp((alpha - 1)(lp' - lp))`` at proposal temperature 1 (the SPEC's form). The chain's final
-state is committed for every copy and decoding moves to the next block. Blocks are one
-``lax.scan``; candidates are a batch dimension; the chain is a ``lax.scan`` over K.
+``exp((alpha - 1)(lp' - lp))`` at proposal temperature 1. The chain's final state is committed
+for every copy and decoding moves to the next block. Blocks are one ``lax.scan``; candidates
+are a batch dimension; the chain is a ``lax.scan`` over K. Each proposal step is the shared
+``propose`` / ``select`` over the proposal's LLaDA plan. See docs/sampling.md, "IMH".
 """
 
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dllm_jax.sampling.presets import IMHConfig, Plan
-from dllm_jax.sampling.loop import (
-    GenerateOutput,
-    propose,
-    row_step_keys,
-    select,
-    strip_after_eos,
-)
-
-
-class IMHRecord(NamedTuple):
-    """IMH's record: ``acceptance`` f32 ``[B, num_blocks]`` (accepted moves / (K - 1) per
-    block) and ``log_prob`` f32 ``[B]`` (the model's log-probability of the returned
-    completion along the chosen candidates' paths)."""
-
-    acceptance: jax.Array
-    log_prob: jax.Array
+from dllm_jax.sampling.plan import Plan, propose, row_step_keys, select
+from dllm_jax.sampling.presets import IMHConfig
+from dllm_jax.sampling.record import GenerateOutput, IMHRecord, strip_after_eos
 
 
 def generate_imh(model, prompt_BP: np.ndarray, pmask_BP: np.ndarray, *, config: IMHConfig,
@@ -84,7 +70,7 @@ def _imh(graphdef, state, prompt_BP, pmask_BP, key, *, plan: Plan, alpha: float,
     cand_keys = jax.vmap(lambda rk: jax.vmap(lambda j: jax.random.fold_in(rk, j))(
         jnp.arange(k)))(row_keys).reshape((rows,) + row_keys.shape[1:])
     counts = jnp.asarray(plan.counts, jnp.int32)
-    t_prop = plan.temperature
+    t_prop = plan.tokens.temperature
     not_mask = jnp.arange(model.config.vocab_size) != plan.mask_id
 
     def block(carry, blk):

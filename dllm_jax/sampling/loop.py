@@ -1,10 +1,11 @@
 """The compiled sampler: an outer ``lax.scan`` over blocks, an inner ``lax.scan`` over steps.
 
-Every decoding strategy is the same loop with swappable pieces, all fixed by a static ``Plan``:
-how a block's logits are obtained (full forward, or a block KV cache), how tokens are proposed
-(LLaDA's Gumbel-max on raw logits, or Dream's tempered and filtered softmax), which confidence
-ranks the positions (the remasking rule), and how many positions are committed per step (a
-precomputed count, a confidence threshold, or Dream's ``origin`` coin flips).
+Every decoding strategy is the same loop over the strategy objects a ``Plan`` holds (see
+docs/sampling.md, "Structure"): ``run_plan`` builds the canvas, then for each block the plan's
+logits source (``sources.py``) drives the block's steps, and each step proposes tokens,
+scores positions and commits some (``plan.py``: ``propose``, ``select``) and records what
+happened (``record.py``). Nothing in the loop looks at a preset's knobs. ``generate`` dispatches
+IMH presets to ``imh.py``.
 
 Randomness: row ``b`` draws from ``fold_in(key, b)`` and step ``t`` from ``fold_in(row_key, t)``,
 with noise shaped by the block only, so a row's output does not depend on what else is in the
@@ -13,6 +14,7 @@ batch or how far it is left-padded.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, NamedTuple
 
@@ -23,43 +25,18 @@ from flax import nnx
 
 from dllm_jax.data.batching import left_pad
 from dllm_jax.errors import ConfigError
-from dllm_jax.sampling.presets import IMHConfig, Plan
-
-NEG_INF = -jnp.inf
-
-
-class Trajectory(NamedTuple):
-    """What happened during sampling (G generated positions, T total steps).
-
-    Attributes:
-      step_map: int32 ``[B, G]``, the 0-based global step at which each position was committed.
-      confidence: f32 ``[B, G]``, the model's (untempered) probability of the committed token
-        at the step it was committed.
-      entropy: f32 ``[B, T]``, ``H_t``: mean entropy of the model's distribution over the
-        positions still masked in the current block before step ``t`` commits.
-      margin: f32 ``[B, T]``, ``CM_t``: mean top-1 minus top-2 probability over the same set.
-      roec: f32 ``[B, T]``, ``|H_t - H_{t-1}|`` (0 at the first step).
-      num_committed: int32 ``[B, T]``.
-      attn_s: f32 ``[B, G]`` AGDO's ``S_i`` at commit time (only with ``record_attention``).
-      acceptance: f32 ``[B, num_blocks]`` IMH acceptance rate per block (IMH only).
-    """
-
-    step_map: jax.Array
-    confidence: jax.Array
-    entropy: jax.Array
-    margin: jax.Array
-    roec: jax.Array
-    num_committed: jax.Array
-    attn_s: jax.Array | None = None
-    acceptance: jax.Array | None = None
-
-
-class GenerateOutput(NamedTuple):
-    """``sequences`` int32 ``[B, P + G]`` (prompt as given, then the completion, with tokens
-    after the first EOS replaced by padding) and the optional ``trajectory``."""
-
-    sequences: jax.Array
-    trajectory: Trajectory | None = None
+from dllm_jax.sampling.imh import generate_imh
+from dllm_jax.sampling.plan import Plan, propose, row_step_keys, select
+from dllm_jax.sampling.presets import IMHConfig
+from dllm_jax.sampling.record import (
+    CommitRecord,
+    GenerateOutput,
+    Recorder,
+    StepRecord,
+    Trajectory,
+    strip_after_eos,
+)
+from dllm_jax.sampling.sources import LogitsFn, ModelLogits
 
 
 def as_key(key: Any) -> jax.Array:
@@ -110,286 +87,138 @@ def generate(model: nnx.Module, prompt_ids: Any, attention_mask: Any = None, *, 
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else (cfg.eos_token_id or 0)
     ids, mask = as_batch(prompt_ids, attention_mask, pad)
     if isinstance(config, IMHConfig):
-        from dllm_jax.sampling.imh import generate_imh
-
         return generate_imh(model, ids, mask, config=config, key=as_key(key), record=record)
     plan = config.plan(cfg, ids.shape[1])
-    if record_attention and plan.cache != "none":
+    if record_attention and not plan.cache.keeps_attention:
         raise ConfigError("record_attention needs cache='none'")
     graphdef, state = nnx.split(model)
     seqs, traj = _sample(graphdef, state, jnp.asarray(ids), jnp.asarray(mask), as_key(key),
                          plan=plan, record=record, record_attention=record_attention)
-    return GenerateOutput(seqs, traj if record else None)
+    return GenerateOutput(seqs, traj)
 
 
 @functools.partial(jax.jit, static_argnums=(0,),
                    static_argnames=("plan", "record", "record_attention"))
-def _sample(graphdef, state, prompt_BP, pmask_BP, key, *, plan: Plan, record: bool,
-            record_attention: bool):
+def _sample(graphdef: nnx.GraphDef, state: nnx.State, prompt_BP: jax.Array, pmask_BP: jax.Array,
+            key: jax.Array, *, plan: Plan, record: bool, record_attention: bool
+            ) -> tuple[jax.Array, Trajectory | None]:
     model = nnx.merge(graphdef, state)
     return run_plan(model, prompt_BP, pmask_BP, key, plan, record=record,
                     record_attention=record_attention)
 
 
-def _filter_top_p(z_NV: jax.Array, top_p: float) -> jax.Array:
-    """Dream's ``top_p_logits``: drop the tail whose cumulative probability exceeds ``top_p``
-    (the first token is always kept); dropped logits become the dtype's minimum."""
-    order = jnp.argsort(-z_NV, axis=-1)
-    sorted_z = jnp.take_along_axis(z_NV, order, axis=-1)
-    cum = jnp.cumsum(jax.nn.softmax(sorted_z, axis=-1), axis=-1)
-    drop_sorted = cum > top_p
-    drop_sorted = jnp.concatenate([jnp.zeros_like(drop_sorted[..., :1]), drop_sorted[..., :-1]],
-                                  axis=-1)
-    drop = jnp.take_along_axis(drop_sorted, jnp.argsort(order, axis=-1), axis=-1)
-    return jnp.where(drop, jnp.finfo(z_NV.dtype).min, z_NV)
+class Carry(NamedTuple):
+    """The loop state: the canvas ``[B, L]`` and the per-position record."""
+
+    canvas_BL: jax.Array
+    commits: CommitRecord
 
 
-def _filter_top_k(z_NV: jax.Array, top_k: int) -> jax.Array:
-    k = min(top_k, z_NV.shape[-1])
-    kth = jax.lax.top_k(z_NV, k)[0][..., -1:]
-    return jnp.where(z_NV < kth, jnp.finfo(z_NV.dtype).min, z_NV)
+@dataclasses.dataclass(frozen=True, eq=False)
+class Block:
+    """The steps of one block, inside the compiled function (``sources.BlockSteps``): the
+    plan's logits source drives them, ``commit`` for a step whose logits it already has and
+    ``step`` otherwise.
 
-
-def _filter(z, plan: Plan):
-    if plan.top_p is not None and plan.top_p < 1:
-        z = _filter_top_p(z, plan.top_p)
-    if plan.top_k is not None:
-        z = _filter_top_k(z, plan.top_k)
-    return z
-
-
-def _margin(p_NV):
-    top2 = jax.lax.top_k(p_NV, 2)[0]
-    return top2[..., 0] - top2[..., 1]
-
-
-def _neg_entropy(p_NV):
-    return jnp.sum(p_NV * jnp.log(p_NV + 1e-10), axis=-1)
-
-
-def _take(p_NV, idx_N):
-    return jnp.take_along_axis(p_NV, idx_N[..., None], axis=-1)[..., 0]
-
-
-def propose(logits_BNV: jax.Array, tok_keys: jax.Array, pos_keys: jax.Array, plan: Plan,
-            s_BN: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Samples a token at every block position and scores each position.
-
-    Returns:
-      ``x0_BN`` proposed tokens (never MASK), ``conf_BN`` the rule's confidence, and ``p_BNV``
-      the model's untempered distribution (for recording).
+    Attributes:
+      plan: the static plan.
+      row_keys: per-row PRNG keys ``[B]``.
+      counts: int32 ``[num_blocks, steps_per_block]`` scheduled commit counts (zeros when the
+        transfer rule decides at run time).
+      transfer_probs: f32 ``[steps_per_block]`` ``origin``'s commit probabilities (else zeros).
+      recorder: what to record.
+      index: the block index (traced).
+      start: the block's first canvas slot (traced).
+      prompt_length: ``P``.
     """
-    logits = logits_BNV.astype(jnp.float32)
-    b, n, v = logits.shape
-    if plan.logits_eos_inf and plan.eos_id >= 0:
-        logits = logits.at[..., plan.eos_id].set(NEG_INF)
-    not_mask = jnp.arange(v) != plan.mask_id
-    p = jax.nn.softmax(logits, axis=-1)
-    gumbel = lambda: jax.vmap(lambda k: jax.random.gumbel(k, (n, v), jnp.float32))(tok_keys)
-    if plan.token_mode == "llada":
-        z = _filter(logits, plan)
-        scores = z + plan.temperature * gumbel() if plan.temperature > 0 else z
-        x0 = jnp.argmax(jnp.where(not_mask, scores, NEG_INF), axis=-1)
-        probs = p
-    else:  # dream: logits / T, top-p, top-k, softmax, categorical (Gumbel-max) or argmax
-        z = logits / plan.temperature if plan.temperature > 0 else logits
-        z = _filter(z, plan)
-        probs = jax.nn.softmax(z, axis=-1)
-        scores = z + gumbel() if plan.temperature > 0 else probs
-        x0 = jnp.argmax(jnp.where(not_mask, scores, NEG_INF), axis=-1)
-    rule = plan.rule
-    if rule in ("low_confidence", "maskgit_plus"):
-        conf = _take(probs, x0)
-    elif rule in ("random", "origin"):
-        conf = jax.vmap(lambda k: jax.random.uniform(k, (n,)))(pos_keys)
-    elif rule == "tpp":
-        conf = jnp.max(jnp.where(not_mask, probs, 0.0), axis=-1)
-    elif rule == "topk_margin":
-        conf = _margin(probs)
-    elif rule == "entropy":
-        conf = _neg_entropy(probs)
-    elif rule == "max_s":
-        conf = s_BN.astype(jnp.float32)
-    else:
-        raise ConfigError(f"unknown rule {rule!r}")
-    if plan.confidence_eos_eot_inf:
-        special = (x0 == plan.eos_id) | (x0 == plan.eot_id)
-        conf = jnp.where(special, NEG_INF, conf)
-    return x0.astype(jnp.int32), conf, p
+
+    plan: Plan
+    row_keys: jax.Array
+    counts: jax.Array
+    transfer_probs: jax.Array
+    recorder: Recorder
+    index: jax.Array
+    start: jax.Array
+    prompt_length: int
+
+    @property
+    def num_steps(self) -> int:
+        return self.plan.steps_per_block
+
+    def _tokens(self, canvas_BL: jax.Array) -> jax.Array:
+        """The block's slice of the canvas ``[B, N]``."""
+        return jax.lax.dynamic_slice_in_dim(canvas_BL, self.start, self.plan.block_length, axis=1)
+
+    def commit(self, carry: Carry, j: jax.Array | int, logits_BNV: jax.Array,
+               s_BN: jax.Array | None) -> tuple[Carry, StepRecord]:
+        """Step ``j`` of the block: propose, select, write the canvas and the record."""
+        plan = self.plan
+        xb = self._tokens(carry.canvas_BL)
+        cand = xb == plan.mask_id
+        t = self.index * plan.steps_per_block + j
+        tok_keys, pos_keys = row_step_keys(self.row_keys, t)
+        x0, conf, p = propose(logits_BNV, tok_keys, pos_keys, plan, s_BN)
+        sel = select(conf, cand, self.counts[self.index, j], pos_keys, plan,
+                     j == plan.steps_per_block - 1, self.transfer_probs[j])
+        canvas = jax.lax.dynamic_update_slice_in_dim(carry.canvas_BL, jnp.where(sel, x0, xb),
+                                                     self.start, axis=1)
+        commits = self.recorder.commit(carry.commits, sel, self.start - self.prompt_length, t,
+                                       p, x0, s_BN)
+        return Carry(canvas, commits), self.recorder.step(sel, p, cand)
+
+    def step(self, carry: Carry, j: jax.Array, logits_fn: LogitsFn) -> tuple[Carry, StepRecord]:
+        """Step ``j`` with logits from ``logits_fn(canvas)``; skipped when the transfer rule
+        can complete a block early and it has."""
+        def run(c: Carry) -> tuple[Carry, StepRecord]:
+            return self.commit(c, j, *logits_fn(c.canvas_BL))
+
+        if not self.plan.transfer.may_finish_block_early:
+            return run(carry)
+        has_masked = jnp.any(self._tokens(carry.canvas_BL) == self.plan.mask_id)
+        b = carry.canvas_BL.shape[0]
+        return jax.lax.cond(has_masked, run, lambda c: (c, self.recorder.skipped(b)), carry)
 
 
-def select(conf_BN: jax.Array, cand_BN: jax.Array, count: jax.Array, pos_keys: jax.Array,
-           plan: Plan, last: jax.Array, transfer_prob: jax.Array) -> jax.Array:
-    """Which candidate positions commit this step (bool ``[B, N]``)."""
-    b, n = conf_BN.shape
-    if plan.rule == "origin":
-        u = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 2), (n,)))(pos_keys)
-        return cand_BN & ((u < transfer_prob) | last)
-    score = jnp.where(cand_BN, conf_BN, NEG_INF)
-    if plan.alg_temp > 0:  # sampling without replacement from softmax(conf / alg_temp)
-        g = jax.vmap(lambda k: jax.random.gumbel(jax.random.fold_in(k, 3), (n,)))(pos_keys)
-        score = jnp.where(cand_BN, score / plan.alg_temp + g, NEG_INF)
-    if plan.threshold is not None:
-        best = jax.nn.one_hot(jnp.argmax(score, axis=-1), n, dtype=jnp.bool_)
-        sel = cand_BN & ((conf_BN >= plan.threshold) | best)
-        return jnp.where(last, cand_BN, sel)
-    order = jnp.argsort(-score, axis=-1, stable=True)
-    rank = jnp.argsort(order, axis=-1)
-    return cand_BN & (rank < count)
-
-
-def step_stats(p_BNV: jax.Array, cand_BN: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Mean entropy and mean top-1/top-2 margin over the candidate positions."""
-    ent = -jnp.sum(jnp.where(p_BNV > 0, p_BNV * jnp.log(jnp.where(p_BNV > 0, p_BNV, 1.0)), 0.0),
-                   axis=-1)
-    marg = _margin(p_BNV)
-    w = cand_BN.astype(jnp.float32)
-    denom = jnp.maximum(w.sum(-1), 1.0)
-    return (ent * w).sum(-1) / denom, (marg * w).sum(-1) / denom
-
-
-def row_step_keys(row_keys: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
-    k = jax.vmap(lambda rk: jax.random.fold_in(rk, t))(row_keys)
-    return (jax.vmap(lambda kk: jax.random.fold_in(kk, 0))(k),
-            jax.vmap(lambda kk: jax.random.fold_in(kk, 1))(k))
-
-
-def run_plan(model, prompt_BP: jax.Array, pmask_BP: jax.Array, key: jax.Array, plan: Plan, *,
-             record: bool = False, record_attention: bool = False,
-             row_ids: jax.Array | None = None) -> tuple[jax.Array, Trajectory]:
-    """The sampler body (call inside ``jit``): returns ``sequences [B, P+G]`` and the record."""
-    b, p_len = prompt_BP.shape
-    g, n, nb, spb = plan.gen_length, plan.block_length, plan.num_blocks, plan.steps_per_block
-    extra = (g - n) if plan.cache == "prefix" else 0  # room for the prefix cache's fixed window
-    length = p_len + g + extra
-    x = jnp.concatenate([prompt_BP.astype(jnp.int32), jnp.full((b, g), plan.mask_id, jnp.int32),
-                         jnp.full((b, extra), plan.pad_id, jnp.int32)], axis=1)
+def initial_canvas(prompt_BP: jax.Array, pmask_BP: jax.Array, plan: Plan
+                   ) -> tuple[jax.Array, jax.Array]:
+    """The prompt, ``G`` MASKs and the cache's padding slots; and which slots exist."""
+    b = prompt_BP.shape[0]
+    g, extra = plan.gen_length, plan.cache.extra_slots
+    canvas = jnp.concatenate([prompt_BP.astype(jnp.int32),
+                              jnp.full((b, g), plan.mask_id, jnp.int32),
+                              jnp.full((b, extra), plan.pad_id, jnp.int32)], axis=1)
     amask = jnp.concatenate([pmask_BP.astype(jnp.bool_), jnp.ones((b, g), jnp.bool_),
                              jnp.zeros((b, extra), jnp.bool_)], axis=1)
-    if row_ids is None:
-        row_ids = jnp.arange(b)
-    row_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(row_ids)
-    pos = jnp.arange(length)
-    use_cfg = plan.cfg_scale > 0
-    need_s = plan.rule == "max_s" or record_attention
-    counts = jnp.asarray(plan.counts if plan.counts is not None else np.zeros((nb, spb)),
-                         jnp.int32)
-    tprobs = jnp.asarray(plan.transfer_probs if plan.transfer_probs is not None
-                         else np.zeros(spb), jnp.float32)
-
-    def batch2(x):
-        if not use_cfg:
-            return x, amask
-        un = jnp.where(pos[None] < p_len, plan.mask_id, x)
-        return jnp.concatenate([x, un]), jnp.concatenate([amask, amask])
-
-    def guide(logits):
-        logits = logits.astype(jnp.float32)
-        if not use_cfg:
-            return logits
-        cond, un = logits[:b], logits[b:]
-        return un + (plan.cfg_scale + 1.0) * (cond - un)
-
-    def full_logits(x, start):
-        x2, m2 = batch2(x)
-        win = (start, n)
-        if need_s:
-            keys = (x2 != plan.mask_id) & m2
-            logits, aux = model.with_attention(x2, m2, keys_BL=keys, window=win)
-            s = jax.lax.dynamic_slice_in_dim(aux["S"][:b], start, n, axis=1)
-            return guide(logits), s
-        return guide(model(x2, m2, window=win)), None
-
-    win_len = g if plan.cache == "prefix" else n
-
-    def prefill(x, start):
-        x2, m2 = batch2(x)
-        logits, cache = model.prefill(x2, m2, window=(start, n))
-        return guide(logits), cache
-
-    def cached_logits(x, cache, start):
-        x2, m2 = batch2(x)
-        return guide(model.decode_block(x2, m2, cache, start, win_len, plan.cache)[:, :n])
-
-    def commit(state, logits, s_bn, start, t, count, last, tprob):
-        x, smap, crec, srec = state
-        xb = jax.lax.dynamic_slice_in_dim(x, start, n, axis=1)
-        cand = xb == plan.mask_id
-        tok_keys, pos_keys = row_step_keys(row_keys, t)
-        x0, conf, p = propose(logits, tok_keys, pos_keys, plan, s_bn)
-        sel = select(conf, cand, count, pos_keys, plan, last, tprob)
-        x = jax.lax.dynamic_update_slice_in_dim(x, jnp.where(sel, x0, xb), start, axis=1)
-        ys = {"n": sel.sum(-1).astype(jnp.int32)}
-        if record:
-            off = start - p_len
-            upd = lambda rec, val: jax.lax.dynamic_update_slice_in_dim(
-                rec, jnp.where(sel, val, jax.lax.dynamic_slice_in_dim(rec, off, n, axis=1)),
-                off, axis=1)
-            smap = upd(smap, jnp.broadcast_to(t, sel.shape).astype(jnp.int32))
-            crec = upd(crec, _take(p, x0))
-            if record_attention:
-                srec = upd(srec, s_bn.astype(jnp.float32))
-            ys["H"], ys["CM"] = step_stats(p, cand)
-        return (x, smap, crec, srec), ys
-
-    def skip_ys():
-        ys = {"n": jnp.zeros((b,), jnp.int32)}
-        if record:
-            ys["H"] = ys["CM"] = jnp.zeros((b,), jnp.float32)
-        return ys
-
-    def guarded(fn, state, start):
-        """Runs ``fn`` unless the block has no masked position left (threshold decoding)."""
-        if plan.counts is not None and plan.threshold is None and plan.rule != "origin":
-            return fn(state)
-        xb = jax.lax.dynamic_slice_in_dim(state[0], start, n, axis=1)
-        return jax.lax.cond(jnp.any(xb == plan.mask_id), fn, lambda st: (st, skip_ys()), state)
-
-    def block(state, blk):
-        start = p_len + blk * n
-
-        def full_step(st, j):
-            def run(st):
-                logits, s_bn = full_logits(st[0], start)
-                return commit(st, logits, s_bn, start, blk * spb + j, counts[blk, j],
-                              j == spb - 1, tprobs[j])
-            return guarded(run, st, start)
-
-        if plan.cache == "none":
-            return jax.lax.scan(full_step, state, jnp.arange(spb))
-        logits0, cache = prefill(state[0], start)
-        state, ys0 = commit(state, logits0, None, start, blk * spb, counts[blk, 0],
-                            spb == 1, tprobs[0])
-
-        def cached_step(st, j):
-            def run(st):
-                logits = cached_logits(st[0], cache, start)
-                return commit(st, logits, None, start, blk * spb + j, counts[blk, j],
-                              j == spb - 1, tprobs[j])
-            return guarded(run, st, start)
-
-        state, ys = jax.lax.scan(cached_step, state, jnp.arange(1, spb))
-        return state, jax.tree.map(lambda a, r: jnp.concatenate([a[None], r]), ys0, ys)
-
-    init = (x, jnp.full((b, g), -1, jnp.int32), jnp.zeros((b, g), jnp.float32),
-            jnp.zeros((b, g), jnp.float32))
-    (x, smap, crec, srec), ys = jax.lax.scan(block, init, jnp.arange(nb))
-    ys = jax.tree.map(lambda a: a.reshape(nb * spb, b).T, ys)
-    seqs = strip_after_eos(x[:, :p_len + g], p_len, plan.eos_id, plan.pad_id)
-    if not record:
-        return seqs, None
-    h = ys["H"]
-    roec = jnp.concatenate([jnp.zeros((b, 1)), jnp.abs(h[:, 1:] - h[:, :-1])], axis=1)
-    traj = Trajectory(step_map=smap, confidence=crec, entropy=h, margin=ys["CM"], roec=roec,
-                      num_committed=ys["n"], attn_s=srec if record_attention else None)
-    return seqs, traj
+    return canvas, amask
 
 
-def strip_after_eos(seqs_BL: jax.Array, p_len: int, eos_id: int, pad_id: int) -> jax.Array:
-    """Generated tokens after the first EOS become padding (the EOS itself is kept)."""
-    if eos_id < 0:
-        return seqs_BL
-    gen = seqs_BL[:, p_len:]
-    is_eos = (gen == eos_id).astype(jnp.int32)
-    after = (jnp.cumsum(is_eos, axis=1) - is_eos) > 0
-    return seqs_BL.at[:, p_len:].set(jnp.where(after, pad_id, gen))
+def schedule_arrays(plan: Plan) -> tuple[jax.Array, jax.Array]:
+    """The plan's counts ``[blocks, steps]`` and transfer probabilities ``[steps]`` as arrays."""
+    nb, spb = plan.num_blocks, plan.steps_per_block
+    counts = plan.counts if plan.counts is not None else np.zeros((nb, spb))
+    probs = plan.transfer_probs if plan.transfer_probs is not None else np.zeros(spb)
+    return jnp.asarray(counts, jnp.int32), jnp.asarray(probs, jnp.float32)
+
+
+def run_plan(model: nnx.Module, prompt_BP: jax.Array, pmask_BP: jax.Array, key: jax.Array,
+             plan: Plan, *, record: bool = False, record_attention: bool = False
+             ) -> tuple[jax.Array, Trajectory | None]:
+    """The sampler body (call inside ``jit``): returns ``sequences [B, P+G]`` and the record."""
+    b, p_len = prompt_BP.shape
+    canvas_BL, amask_BL = initial_canvas(prompt_BP, pmask_BP, plan)
+    recorder = Recorder(record, record_attention)
+    fwd = ModelLogits(model, amask_BL, plan.guidance, p_len, plan.block_length, plan.mask_id,
+                      with_attention=plan.scorer.needs_attention or record_attention)
+    counts, probs = schedule_arrays(plan)
+    row_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(b))
+
+    def run_block(carry: Carry, index: jax.Array) -> tuple[Carry, StepRecord]:
+        block = Block(plan, row_keys, counts, probs, recorder, index,
+                      p_len + index * plan.block_length, p_len)
+        return plan.cache.run_block(fwd, block, carry)
+
+    init = Carry(canvas_BL, recorder.empty(b, plan.gen_length))
+    final, steps = jax.lax.scan(run_block, init, jnp.arange(plan.num_blocks))
+    seqs = strip_after_eos(final.canvas_BL[:, :p_len + plan.gen_length], p_len, plan.eos_id,
+                           plan.pad_id)
+    return seqs, recorder.trajectory(final.commits, steps)

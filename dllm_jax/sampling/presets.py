@@ -3,19 +3,41 @@
 A preset (``LLaDAConfig``, ``DreamConfig``, ``IMHConfig``) holds the knobs under the names the
 reference implementations use and validates them when constructed, so a bad combination fails
 with one line before anything is compiled. ``preset.plan(model_config, prompt_length)`` turns it
-into a hashable ``Plan``: the schedule precomputed on the host (it does not depend on the prompt
-contents), used as a static argument of the compiled sampler.
+into a hashable ``Plan`` (``plan.py``): the schedule precomputed on the host (it does not depend
+on the prompt contents) and the strategy objects the loop calls, used as a static argument of
+the compiled sampler.
+
+LLaDA and Dream share one path (``_BlockPreset``): it validates the knobs they have in common
+and assembles the plan; each preset only validates its own knobs and says which token sampler,
+position scorer, transfer rule and guidance they select (``_decoding``). See docs/sampling.md,
+"Structure".
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
-import math
+from typing import NamedTuple
 
 import numpy as np
 
 from dllm_jax.errors import ConfigError
 from dllm_jax.model.config import ModelConfig
+from dllm_jax.sampling.plan import Plan
+from dllm_jax.sampling.sources import ClassifierFreeGuidance, Guidance, NoGuidance, logits_source
+from dllm_jax.sampling.strategies import (
+    CoinFlip,
+    ConfidenceThreshold,
+    GumbelMax,
+    NoSpecialTokens,
+    PositionScorer,
+    TemperedSoftmax,
+    TokenSampler,
+    TopCount,
+    TransferRule,
+    position_scorer,
+    token_filters,
+)
 
 LLADA_REMASKING = ("low_confidence", "random", "tpp", "topk_margin", "entropy", "max_s")
 DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
@@ -28,48 +50,7 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
-def _check_common(temperature: float, top_p: float | None, top_k: int | None,
-                  cache: str) -> None:
-    _check(temperature >= 0, f"temperature must be >= 0, got {temperature}")
-    _check(top_p is None or 0 < top_p <= 1, f"top_p must be in (0, 1], got {top_p}")
-    _check(top_k is None or top_k >= 1, f"top_k must be >= 1, got {top_k}")
-    _check(cache in CACHE_MODES, f"cache must be one of {CACHE_MODES}, got {cache!r}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """Static description of one compiled sampler (hashable; a jit static argument).
-
-    ``counts`` is ``[num_blocks][steps_per_block]`` tokens to commit per step (``None`` when the
-    count is decided at run time: threshold decoding or Dream's ``origin``).
-    """
-
-    gen_length: int
-    block_length: int
-    num_blocks: int
-    steps_per_block: int
-    counts: tuple[tuple[int, ...], ...] | None
-    token_mode: str  # "llada": argmax(logits + T * gumbel); "dream": tempered, filtered softmax
-    # low_confidence | random | tpp | topk_margin | entropy | maskgit_plus | origin | max_s
-    rule: str
-    temperature: float = 0.0
-    top_p: float | None = None
-    top_k: int | None = None
-    alg_temp: float = 0.0
-    threshold: float | None = None
-    transfer_probs: tuple[float, ...] | None = None  # origin: 1 - s/t per step
-    cfg_scale: float = 0.0
-    logits_eos_inf: bool = False
-    confidence_eos_eot_inf: bool = False
-    eos_id: int = -1
-    eot_id: int = -1
-    mask_id: int = 0
-    pad_id: int = 0
-    cache: str = "none"
-
-    @property
-    def total_steps(self) -> int:
-        return self.num_blocks * self.steps_per_block
+# --- schedules (host-side, exact) ----------------------------------------------------------
 
 
 def llada_counts(masked: int, steps: int) -> tuple[int, ...]:
@@ -115,13 +96,97 @@ def dream_counts(masked: int, steps: int, eps: float) -> tuple[int, ...]:
 
 
 def dream_transfer_probs(steps: int, eps: float) -> tuple[float, ...]:
+    """Dream ``origin``'s per-step commit probability ``1 - s/t`` (1 at the last step)."""
     ts = torch_linspace_f32(1.0, eps, steps + 1)
     return tuple(float(np.float32(1.0) - ts[i + 1] / ts[i]) if i < steps - 1 else 1.0
                  for i in range(steps))
 
 
+# --- the shared planning path --------------------------------------------------------------
+
+
+class _Ids(NamedTuple):
+    mask_id: int
+    eos_id: int  # -1: the model has no EOS
+    pad_id: int
+
+
+def _ids(model_config: ModelConfig, mask_id: int | None) -> _Ids:
+    mask = model_config.mask_token_id if mask_id is None else mask_id
+    _check(mask is not None and 0 <= mask < model_config.vocab_size,
+           f"mask id {mask} is not a token of the model (vocab {model_config.vocab_size})")
+    eos = model_config.eos_token_id
+    pad = model_config.pad_token_id if model_config.pad_token_id is not None else eos
+    return _Ids(mask_id=int(mask), eos_id=-1 if eos is None else int(eos),
+                pad_id=int(pad if pad is not None else 0))
+
+
+class _Decoding(NamedTuple):
+    """What a preset's knobs select for one block of ``steps_per_block`` steps."""
+
+    rule: str
+    tokens: TokenSampler
+    scorer: PositionScorer
+    transfer: TransferRule
+    guidance: Guidance
+    counts: tuple[int, ...] | None = None  # per step of every block
+    transfer_probs: tuple[float, ...] | None = None
+
+
+class _BlockPreset(abc.ABC):
+    """The path LLaDA and Dream share. A subclass is a frozen dataclass with ``steps``,
+    ``temperature``, ``top_p``, ``top_k``, ``alg_temp``, ``mask_id`` and ``cache``; it names its
+    geometry (``_blocks``), validates its own knobs after ``super().__post_init__()`` and says
+    what its knobs select (``_decoding``)."""
+
+    @abc.abstractmethod
+    def _blocks(self) -> tuple[str, int, int]:
+        """The length knob's name, the number of generated tokens and the block length."""
+
+    @abc.abstractmethod
+    def _decoding(self, ids: _Ids, block_length: int, steps_per_block: int) -> _Decoding:
+        """The strategies the preset's knobs select."""
+
+    def __post_init__(self):
+        name, length, block = self._blocks()
+        _check(length >= 1, f"{name} must be >= 1, got {length}")
+        _check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        _check(block >= 1, f"block_length must be >= 1, got {block}")
+        _check(length % block == 0, f"{name} {length} is not divisible by block_length {block}")
+        _check(self.steps % (length // block) == 0,
+               f"steps {self.steps} is not divisible by the number of blocks {length // block} "
+               f"({name} / block_length)")
+        _check(self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}")
+        _check(self.top_p is None or 0 < self.top_p <= 1,
+               f"top_p must be in (0, 1], got {self.top_p}")
+        _check(self.top_k is None or self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}")
+        _check(self.alg_temp is None or self.alg_temp >= 0,
+               f"alg_temp must be >= 0, got {self.alg_temp}")
+        _check(self.cache in CACHE_MODES,
+               f"cache must be one of {CACHE_MODES}, got {self.cache!r}")
+
+    def plan(self, model_config: ModelConfig, prompt_length: int) -> Plan:
+        """The static plan for a model and a prompt width (raises ``ConfigError``)."""
+        _check(prompt_length >= 1 or not model_config.shift_logits,
+               "a model with shifted logits needs a non-empty prompt")
+        _, length, block = self._blocks()
+        blocks = length // block
+        spb = self.steps // blocks
+        ids = _ids(model_config, self.mask_id)
+        d = self._decoding(ids, block, spb)
+        return Plan(gen_length=length, block_length=block, num_blocks=blocks,
+                    steps_per_block=spb, rule=d.rule, tokens=d.tokens, scorer=d.scorer,
+                    transfer=d.transfer, guidance=d.guidance,
+                    cache=logits_source(self.cache, length, block), **ids._asdict(),
+                    counts=None if d.counts is None else (d.counts,) * blocks,
+                    transfer_probs=d.transfer_probs)
+
+
+# --- presets -------------------------------------------------------------------------------
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class LLaDAConfig:
+class LLaDAConfig(_BlockPreset):
     """LLaDA's semi-autoregressive ``generate`` (ML-GSAI/LLaDA ``generate.py``) and extensions.
 
     Attributes:
@@ -162,44 +227,41 @@ class LLaDAConfig:
     cache: str = "none"
 
     def __post_init__(self):
-        _check(self.gen_length >= 1, f"gen_length must be >= 1, got {self.gen_length}")
-        _check(self.block_length >= 1, f"block_length must be >= 1, got {self.block_length}")
-        _check(self.gen_length % self.block_length == 0,
-               f"gen_length {self.gen_length} is not divisible by block_length "
-               f"{self.block_length}")
-        blocks = self.gen_length // self.block_length
-        _check(self.steps >= 1 and self.steps % blocks == 0,
-               f"steps {self.steps} is not divisible by the number of blocks {blocks} "
-               f"(gen_length / block_length)")
+        super().__post_init__()
         _check(self.remasking in LLADA_REMASKING,
                f"unknown remasking {self.remasking!r}; choose from {LLADA_REMASKING}")
         _check(self.cfg_scale >= 0, f"cfg_scale must be >= 0, got {self.cfg_scale}")
-        _check(self.alg_temp >= 0, f"alg_temp must be >= 0, got {self.alg_temp}")
         _check(self.threshold is None or 0 <= self.threshold <= 1,
                f"threshold must be in [0, 1], got {self.threshold}")
-        _check_common(self.temperature, self.top_p, self.top_k, self.cache)
         _check(not (self.cache != "none" and self.remasking == "max_s"),
                "remasking 'max_s' needs full attention statistics; use cache='none'")
 
-    def plan(self, model_config: ModelConfig, prompt_length: int) -> Plan:
-        blocks = self.gen_length // self.block_length
-        spb = self.steps // blocks
+    def _blocks(self) -> tuple[str, int, int]:
+        return "gen_length", self.gen_length, self.block_length
+
+    def _decoding(self, ids: _Ids, block_length: int, steps_per_block: int) -> _Decoding:
+        scorer = position_scorer(self.remasking, ids.mask_id)
+        if self.confidence_eos_eot_inf:
+            eot = -1 if self.eot_token_id is None else int(self.eot_token_id)
+            scorer = NoSpecialTokens(scorer, eos_id=ids.eos_id, eot_id=eot)
+        alg_temp = float(self.alg_temp or 0.0)
         counts = None
         if self.threshold is None:
-            counts = (llada_counts(self.block_length, spb),) * blocks
-        _check_prompt(model_config, prompt_length)
-        return Plan(
-            gen_length=self.gen_length, block_length=self.block_length, num_blocks=blocks,
-            steps_per_block=spb, counts=counts, token_mode="llada", rule=self.remasking,
-            temperature=float(self.temperature), top_p=self.top_p, top_k=self.top_k,
-            alg_temp=float(self.alg_temp), threshold=self.threshold,
-            cfg_scale=float(self.cfg_scale), logits_eos_inf=self.logits_eos_inf,
-            confidence_eos_eot_inf=self.confidence_eos_eot_inf,
-            **_ids(model_config, self.mask_id, self.eot_token_id), cache=self.cache)
+            transfer = TopCount(alg_temp)
+            counts = llada_counts(block_length, steps_per_block)
+        else:
+            transfer = ConfidenceThreshold(self.threshold, alg_temp)
+        banned = ids.eos_id if self.logits_eos_inf and ids.eos_id >= 0 else None
+        tokens = GumbelMax(float(self.temperature), ids.mask_id,
+                           token_filters(self.top_p, self.top_k), banned_id=banned)
+        guidance = (ClassifierFreeGuidance(float(self.cfg_scale), ids.mask_id)
+                    if self.cfg_scale > 0 else NoGuidance())
+        return _Decoding(rule=self.remasking, tokens=tokens, scorer=scorer, transfer=transfer,
+                         guidance=guidance, counts=counts)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class DreamConfig:
+class DreamConfig(_BlockPreset):
     """Dream's ``diffusion_generate`` (Dream ``generation_utils.py``).
 
     Attributes:
@@ -233,39 +295,29 @@ class DreamConfig:
     cache: str = "none"
 
     def __post_init__(self):
-        _check(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        _check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        super().__post_init__()
         _check(self.alg in DREAM_ALGS, f"unknown alg {self.alg!r}; choose from {DREAM_ALGS}")
         _check(0 < self.eps < 1, f"eps must be in (0, 1), got {self.eps}")
-        _check(self.alg_temp is None or self.alg_temp >= 0,
-               f"alg_temp must be >= 0, got {self.alg_temp}")
-        bl = self.block_length or self.max_new_tokens
-        _check(self.max_new_tokens % bl == 0,
-               f"max_new_tokens {self.max_new_tokens} is not divisible by block_length {bl}")
-        _check(self.steps % (self.max_new_tokens // bl) == 0,
-               f"steps {self.steps} is not divisible by the number of blocks "
-               f"{self.max_new_tokens // bl}")
-        _check_common(self.temperature, self.top_p, self.top_k, self.cache)
 
-    def plan(self, model_config: ModelConfig, prompt_length: int) -> Plan:
-        bl = self.block_length or self.max_new_tokens
-        blocks = self.max_new_tokens // bl
-        spb = self.steps // blocks
-        origin = self.alg == "origin"
-        _check_prompt(model_config, prompt_length)
-        return Plan(
-            gen_length=self.max_new_tokens, block_length=bl, num_blocks=blocks,
-            steps_per_block=spb,
-            counts=None if origin else (dream_counts(bl, spb, self.eps),) * blocks,
-            token_mode="dream", rule=self.alg, temperature=float(self.temperature),
-            top_p=self.top_p, top_k=self.top_k, alg_temp=float(self.alg_temp or 0.0),
-            transfer_probs=dream_transfer_probs(spb, self.eps) if origin else None,
-            **_ids(model_config, self.mask_id, None), cache=self.cache)
+    def _blocks(self) -> tuple[str, int, int]:
+        return "max_new_tokens", self.max_new_tokens, self.block_length or self.max_new_tokens
+
+    def _decoding(self, ids: _Ids, block_length: int, steps_per_block: int) -> _Decoding:
+        tokens = TemperedSoftmax(float(self.temperature), ids.mask_id,
+                                 token_filters(self.top_p, self.top_k))
+        common = dict(rule=self.alg, tokens=tokens, scorer=position_scorer(self.alg, ids.mask_id),
+                      guidance=NoGuidance())
+        if self.alg == "origin":
+            return _Decoding(**common, transfer=CoinFlip(),
+                             transfer_probs=dream_transfer_probs(steps_per_block, self.eps))
+        return _Decoding(**common, transfer=TopCount(float(self.alg_temp or 0.0)),
+                         counts=dream_counts(block_length, steps_per_block, self.eps))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class IMHConfig:
-    """Global tempering by Independent Metropolis-Hastings over K block candidates (SPEC 5).
+    """Global tempering by Independent Metropolis-Hastings over K block candidates (see
+    docs/sampling.md, "IMH").
 
     Attributes:
       alpha: target ``p^alpha`` (1 reproduces the proposal; large is greedy over candidates).
@@ -304,22 +356,3 @@ class IMHConfig:
 
 
 SamplerConfig = LLaDAConfig | DreamConfig | IMHConfig
-
-
-def _ids(model_config: ModelConfig, mask_id: int | None, eot: int | None) -> dict:
-    mask = model_config.mask_token_id if mask_id is None else mask_id
-    _check(mask is not None and 0 <= mask < model_config.vocab_size,
-           f"mask id {mask} is not a token of the model (vocab {model_config.vocab_size})")
-    eos = model_config.eos_token_id
-    pad = model_config.pad_token_id if model_config.pad_token_id is not None else eos
-    return dict(mask_id=int(mask), eos_id=-1 if eos is None else int(eos),
-                pad_id=int(pad if pad is not None else 0), eot_id=-1 if eot is None else int(eot))
-
-
-def _check_prompt(model_config: ModelConfig, prompt_length: int) -> None:
-    _check(prompt_length >= 1 or not model_config.shift_logits,
-           "a model with shifted logits needs a non-empty prompt")
-
-
-def num_blocks_for(gen_length: int, block_length: int) -> int:
-    return math.ceil(gen_length / block_length)
