@@ -24,21 +24,22 @@ def main() -> None:
     args = ap.parse_args()
 
     import dllm_jax
-    from dllm_jax.train.demo import TaskData
+    from dllm_jax.data.sources import TaskSource
     from dllm_jax.sampling import LLaDAConfig, generate
 
     print(f"config: {vars(args)}")
-    data = TaskData(args.task, args.seed, 10, args.num_test)
+    test = TaskSource(args.task, args.seed, args.num_test, split="test")
+    rows = np.arange(test.num_prompts)
     model = dllm_jax.from_pretrained(args.model)
-    a = data.a_len
+    a = test.answer_length
     base = LLaDAConfig(steps=a, gen_length=a, block_length=a // 2)
     ref = None
     print("| cache | accuracy | token agreement with no cache |\n|---|---|---|")
     for cache in ("none", "prefix", "dual"):
         cfg = dataclasses.replace(base, cache=cache)
-        comp = np.asarray(generate(model, data.test_prompt, config=cfg, key=args.seed)
-                          .sequences)[:, data.p_len:]
-        acc = float((data.rewards(data.test, comp) >= 1).mean())
+        comp = np.asarray(generate(model, test.prompts(rows), config=cfg, key=args.seed)
+                          .sequences)[:, test.prompt_length:]
+        acc = float((test.rewards(rows, comp) >= 1).mean())
         ref = comp if ref is None else ref
         print(f"| {cache} | {acc:.3f} | {(comp == ref).mean():.3f} |")
 

@@ -34,21 +34,22 @@ def main() -> None:
     args = ap.parse_args()
 
     import dllm_jax
-    from dllm_jax.train.demo import DemoConfig, TaskData, run_sft
+    from dllm_jax.data.sources import TaskSource
     from dllm_jax.eval.metrics import pass_at_k
     from dllm_jax.sampling import IMHConfig, LLaDAConfig, generate
+    from dllm_jax.train.demo import DemoConfig, sft_phase
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"config: {vars(args)}", flush=True)
-    data = TaskData(args.task, args.seed, 20000, args.prompts)
+    test = TaskSource(args.task, args.seed, args.prompts, split="test")
     if args.model:
         model = dllm_jax.from_pretrained(args.model)
     else:
         cfg = (DemoConfig.quick if args.quick else DemoConfig)(task=args.task, seed=args.seed)
         print("no --model: training one with the demo's SFT settings", flush=True)
-        model, _ = run_sft(cfg, data, out / "sft")
-    a = data.a_len
+        model, _ = sft_phase(cfg, out / "sft")
+    a = test.answer_length
     samplers = {
         "random": LLaDAConfig(steps=a, gen_length=a, block_length=a, temperature=1.0,
                               remasking="random"),
@@ -60,14 +61,14 @@ def main() -> None:
             alpha=alpha, num_candidates=args.num_candidates, gen_length=a, block_length=a,
             steps=a, proposal="random", proposal_temperature=1.0)
     n = args.samples
-    prompts = np.repeat(data.test_prompt, n, axis=0)
-    examples = [ex for ex in data.test for _ in range(n)]
+    rows = np.repeat(np.arange(args.prompts), n)
+    prompts = test.prompts(rows)
     results = {}
     for name, cfg in samplers.items():
         t0 = time.perf_counter()
         seqs = np.asarray(generate(model, prompts, config=cfg, key=args.seed).sequences)
-        comp = seqs[:, data.p_len:]
-        correct = data.rewards(examples, comp).reshape(args.prompts, n) >= 1.0
+        comp = seqs[:, test.prompt_length:]
+        correct = test.rewards(rows, comp).reshape(args.prompts, n) >= 1.0
         c = correct.sum(1)
         curve = [float(np.mean([pass_at_k(n, int(ci), k) for ci in c])) for k in range(1, n + 1)]
         ents = []

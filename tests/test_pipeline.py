@@ -10,8 +10,10 @@ import time
 
 import numpy as np
 import pytest
+import yaml
 
 from dllm_jax.errors import ConfigError
+from dllm_jax.objectives import LOSSES, get_loss
 from dllm_jax.train.overrides import dump_yaml, load_config
 from dllm_jax.train.programs import RLProgram, SFTProgram
 
@@ -40,10 +42,62 @@ def test_overrides_yaml_and_set(tmp_path):
     (["data.path=x.jsonl"], "exactly one of data.task and data.path"),
     (["rl.loss=ppo"], "rl.loss must be one of"),
     (["train.steps"], "expects key=value"),
+    (["rl.delta=1.0"], "rl.delta does not apply to loss 'tracerl'"),
+    (["rl.loss=wd1", "rl.beta=0.1"], "rl.beta does not apply to loss 'wd1'"),
+    (["rl.loss=diffu_grpo", "rl.budget=2"], "rl.budget does not apply to loss 'diffu_grpo'"),
+    (["rl.loss=agdo_rl", "rl.selector=atpo"], "rl.selector does not apply to loss 'agdo_rl'"),
+    (["rl.budget=9"], r"rl.budget must be in \[1, 8\]"),
+    (["rl.loss=diffu_grpo", "rl.eps=1.5"], "eps .PPO clip range. must be in"),
 ])
 def test_override_errors(sets, msg):
     with pytest.raises(ConfigError, match=msg):
         load_config(RLProgram, None, sets)
+
+
+@pytest.mark.parametrize("sets,msg", [
+    (["sft.loss=tracerl"], r"sft.loss must be one of \['agdo_sft', 'sft'\]"),
+    (["sft.gamma=1.0"], "sft.gamma does not apply to loss 'sft'"),
+    (["sft.loss=agdo_sft", "sft.n_per_step=0"], "n_per_step must be >= 1"),
+])
+def test_sft_override_errors(sets, msg):
+    with pytest.raises(ConfigError, match=msg):
+        load_config(SFTProgram, None, sets)
+
+
+@pytest.mark.parametrize("sets,want", [
+    ([], {"loss": "tracerl", "eps": 0.2, "beta": 0.01, "advantage": "zscore",
+          "inner_iterations": 1, "selector": "uniform", "budget": 1, "delta": None}),
+    (["rl.loss=diffu_grpo"], {"eps": 0.5, "beta": 0.04, "inner_iterations": 12,
+                              "p_mask_prompt": 0.15, "advantage": "center", "budget": None,
+                              "selector": None}),
+    (["rl.loss=diffu_grpo", "rl.eps=0.3", "rl.inner_iterations=2"],
+     {"eps": 0.3, "beta": 0.04, "inner_iterations": 2}),
+    (["rl.loss=wd1"], {"eps": None, "beta": None, "p_mask_prompt": 0.15, "advantage": "center"}),
+    (["rl.loss=agdo_rl", "rl.budget=3"], {"delta": 5.0, "eps": 0.2, "beta": 0.0,
+                                         "n_per_step": 1, "budget": 3}),
+])
+def test_printed_rl_config_shows_the_losses_published_defaults(capsys, sets, want):
+    """Unset knobs are printed with the chosen loss's published default (written out here
+    from the papers); on addition the sampler makes the 4-token answer in 4 steps, and the
+    TraceRL budget is ceil(4 / shrinkage 8) = 1 state per rollout."""
+    from dllm_jax.cli import main
+
+    args = ["train", "rl", *[x for s in sets for x in ("--set", s)], "--print-config"]
+    assert main(args) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert {k: printed["rl"][k] for k in want} == want
+    assert printed["rl"]["sampler"]["gen_length"] == 4 and printed["rl"]["sampler"]["steps"] == 4
+
+
+def test_printed_sft_config_shows_the_losses_published_defaults(capsys):
+    from dllm_jax.cli import main
+
+    assert main(["train", "sft", "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["sft"] == {
+        "loss": "sft", "eps": 1e-3, "gamma": None, "n_per_step": None}
+    assert main(["train", "sft", "--set", "sft.loss=agdo_sft", "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["sft"] == {
+        "loss": "agdo_sft", "eps": None, "gamma": 100.0, "n_per_step": 1}
 
 
 def test_missing_config_file(tmp_path):
@@ -86,6 +140,49 @@ def test_data_loading_each_format(tmp_path, fmt):
         enc["response_mask"][0] == 0).sum()
     with pytest.raises(ValueError, match="has no field"):
         load_records(str(path), fields=("question",))
+
+
+def test_file_source(tmp_path):
+    from dllm_jax.data.sources import FileSource
+
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"q": "what is two", "a": "four"}\n{"q": "what is four ?", "a": "two"}\n')
+    tok = _chat_tokenizer()
+    src = FileSource(str(path), tok, eos_id=0, pad_id=0, prompt_field="q", answer_field="a")
+    # "user : what is four ? assistant :" is 8 tokens; each answer is one word and EOS.
+    assert (src.prompt_length, src.answer_length, src.num_prompts) == (8, 2, 2)
+    assert tok.decode(src.prompts(np.array([1]))[0].tolist()).split() == [
+        "user", ":", "what", "is", "four", "?", "assistant", ":"]
+    batch = src.sft_batch_fn(2, seed=0)(3)
+    assert batch["tokens"].shape == (2, 10) and batch["response_mask"][:, 8:].all()
+    four, two = tok.convert_tokens_to_ids(["four", "two"])
+    comp = np.array([[four, 0], [four, 0], [two, 0]])
+    np.testing.assert_array_equal(src.rewards(np.array([0, 1, 1]), comp), [1.0, 0.0, 1.0])
+    src.save_tokenizer(tmp_path / "saved")
+    assert (tmp_path / "saved" / "tokenizer.json").is_file()
+    with pytest.raises(ValueError, match="larger than the dataset"):
+        src.sft_batch_fn(3, seed=0)
+
+
+def test_task_source():
+    from dllm_jax.data.sources import TaskSource
+    from dllm_jax.tasks import get_task
+
+    src = TaskSource("addition", 0, 16)
+    assert (src.prompt_length, src.answer_length, src.num_prompts) == (8, 4, 16)
+    ex = src.examples[5]
+    assert src.tokenizer.decode(src.prompts(np.array([5]))[0].tolist()) == ex.prompt
+    a, b = (int(x) for x in ex.prompt[:-1].split("+"))
+    right = src.tokenizer.encode(str(a + b).zfill(4)[::-1])  # the sum, written backwards
+    wrong = src.tokenizer.encode(str(a + b + 1).zfill(4)[::-1])
+    np.testing.assert_array_equal(src.rewards(np.array([5, 5]), np.array([right, wrong])),
+                                  [1.0, 0.0])
+    batch = src.sft_batch_fn(4, seed=1)(0)
+    assert batch["tokens"].shape == (4, 12)
+    np.testing.assert_array_equal(batch["response_mask"][0], [0] * 8 + [1] * 4)
+    val = TaskSource.validation("addition", 0, 8)
+    want = get_task("addition").generate(1000, 8, split="train")
+    assert [e.prompt for e in val.examples] == [e.prompt for e in want]
 
 
 def test_data_errors_and_orders(tmp_path):
@@ -166,6 +263,55 @@ def test_train_cli_sft_then_rl(tmp_path, capsys):
     assert len(lines) == 2 and "reward" in json.loads(lines[-1])
     assert main(["train", "sft", "--set", "trian.steps=1"]) == 2
     assert "unknown config key 'trian'" in capsys.readouterr().err
+    again = ["train", "sft", *base, "--set", "train.steps=4", "--set", f"out={sft_out}"]
+    assert main(again) == 2  # the directory holds a run: refused without --resume/--overwrite
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(again + ["--overwrite"]) == 0
+
+
+@pytest.fixture(scope="module")
+def tiny_init(tmp_path_factory):
+    """A tiny character-level model saved as a checkpoint, where every program starts."""
+    from dllm_jax.model.transformer import init_model
+    from dllm_jax.tasks import CharTokenizer, model_config
+    from dllm_jax.weights.convert import save_checkpoint
+
+    tok = CharTokenizer()
+    path = tmp_path_factory.mktemp("init") / "model"
+    save_checkpoint(init_model(model_config(tok, hidden_size=32, num_layers=2, num_heads=4),
+                               seed=0), path)
+    tok.save(path)
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_every_registered_loss_trains_through_its_program(tmp_path, tiny_init, monkeypatch,
+                                                          name):
+    """Two steps of the program that trains the loss (``sft.loss`` / ``rl.loss``) on addition,
+    from the same checkpoint: the loss is finite and every parameter moved. A random model
+    never answers an addition, so every reward would be 0, every advantage 0 and every RL
+    gradient 0; the RL runs therefore score completions by the parity of their token ids."""
+    from dllm_jax.data.sources import TaskSource
+    from dllm_jax.train.programs import run_rl, run_sft
+
+    monkeypatch.setattr(TaskSource, "rewards",
+                        lambda self, rows, comp: (np.asarray(comp) % 2).mean(1))
+    sets = [f"model.init={tiny_init}", "data.num_train=64", "train.steps=2", "train.log_every=1",
+            f"out={tmp_path}"]
+    if get_loss(name).program == "sft":
+        prog = load_config(SFTProgram, None, sets + [f"sft.loss={name}", "train.batch_size=16"])
+        out = run_sft(prog, progress=False, mesh=None)
+    else:
+        prog = load_config(RLProgram, None, sets + [f"rl.loss={name}", "rl.prompts_per_step=2",
+                                                    "rl.group_size=4"])
+        out = run_rl(prog, progress=False, mesh=None)
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    assert all(np.isfinite(r["loss"]) for r in records)
+    for a, b in zip(_params(out), _params(tiny_init), strict=True):
+        assert not np.array_equal(a, b)
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())["program"]
+    assert saved[get_loss(name).program]["loss"] == name
 
 
 @pytest.mark.parametrize("name", ["sft_addition", "rl_atpo_addition", "rl_agdo_addition"])

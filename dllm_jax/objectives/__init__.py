@@ -1,5 +1,6 @@
 """Training objectives: scoring (model -> per-token log-probs) kept apart from losses (pure
-functions of arrays returning ``(loss, aux)``), ATPO selectors and AGDO (SPEC 2, 4, 6)."""
+functions of arrays returning ``(loss, aux)``), ATPO selectors, AGDO, and the one loss registry
+the training programs read (docs/objectives.md)."""
 
 from dllm_jax.objectives.agdo import (
     agdo_advantages,
@@ -21,7 +22,16 @@ from dllm_jax.objectives.losses import (
     tracerl_loss,
     wd1_loss,
 )
-from dllm_jax.objectives.registry import LOSSES, get_loss
+from dllm_jax.objectives.registry import (
+    LOSSES,
+    LossSpec,
+    Rollouts,
+    SFTBatch,
+    config_for,
+    get_loss,
+    loss_names,
+    resolved_knobs,
+)
 from dllm_jax.objectives.scoring import (
     aligned,
     d1_inputs,
@@ -38,11 +48,12 @@ from dllm_jax.objectives.scoring import (
 from dllm_jax.objectives.selectors import SELECTORS, get_selector
 
 __all__ = [
-    "LOSSES", "SELECTORS", "agdo_advantages", "agdo_rl_loss", "agdo_sft_loss", "aligned",
-    "attention_order", "clipped_objective", "completion_mask_until_eos", "d1_inputs",
-    "diffu_grpo_loss", "forward_mask", "get_loss", "get_selector", "group_advantages",
-    "influence", "k3_kl", "masked_diffusion_loss", "mc_log_likelihood", "mc_masks",
-    "order_states", "score_masked", "sft_loss", "state_batch", "states_from_steps",
+    "LOSSES", "SELECTORS", "LossSpec", "Rollouts", "SFTBatch", "agdo_advantages",
+    "agdo_rl_loss", "agdo_sft_loss", "aligned", "attention_order", "clipped_objective",
+    "completion_mask_until_eos", "config_for", "d1_inputs", "diffu_grpo_loss", "forward_mask",
+    "get_loss", "get_selector", "group_advantages", "influence", "k3_kl", "loss_names",
+    "masked_diffusion_loss", "mc_log_likelihood", "mc_masks", "order_states",
+    "resolved_knobs", "score_masked", "sft_loss", "state_batch", "states_from_steps",
     "stratified_mask_counts", "token_logprobs", "tracerl_loss", "tracerl_ranges",
     "tracerl_states", "wd1_loss",
 ]

@@ -1,21 +1,27 @@
-"""Losses by name, each with a frozen, keyword-only, validated config dataclass.
+"""The one loss registry the training programs read (docs/objectives.md, "Loss registry").
 
-``get_loss(name)`` returns a :class:`LossSpec`: the config class, the pure loss function and
-:meth:`LossSpec.loss_kwargs`, which picks from a config the fields that are keyword arguments
-of the function (the rest, e.g. ``shrinkage`` or ``p_mask_prompt``, configure how the
-trainer builds the loss inputs).
+``get_loss(name)`` returns a :class:`LossSpec`: a frozen, keyword-only, validated config class
+whose field defaults are the published settings, the pure loss function, the function that
+builds the rows the model scores (from an :class:`SFTBatch` for the SFT program, from
+:class:`Rollouts` for the RL program) and the call of the loss function on their log-probs.
+The programs dispatch through these entries only; none of them branches on a loss name.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from dllm_jax.objectives import agdo, losses
+import jax
+import jax.numpy as jnp
+
+from dllm_jax.objectives import agdo, losses, scoring
 
 ADVANTAGE_MODES = ("center", "zscore")
+PROGRAMS = ("sft", "rl")
 
 
 def _nonneg(name: str, value: float) -> None:
@@ -38,8 +44,14 @@ def _at_least_one(name: str, value: int) -> None:
         raise ValueError(f"{name} must be >= 1, got {value}")
 
 
+def _probability(name: str, value: float) -> None:
+    if not 0 <= value <= 1:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+
+
+# ----------------------------------------------------------------------------- configs
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class SFTConfig:
+class LLaDASFTConfig:
     """Masked-diffusion SFT (LLaDA): ``eps`` is the minimum masking probability."""
 
     eps: float = 1e-3
@@ -56,41 +68,48 @@ class DiffuGRPOConfig:
     eps: float = 0.5
     beta: float = 0.04
     p_mask_prompt: float = 0.15
-    num_iterations: int = 12
+    inner_iterations: int = 12
     advantage: str = "center"
 
     def __post_init__(self):
         _clip(self.eps)
         _nonneg("beta", self.beta)
-        if not 0 <= self.p_mask_prompt <= 1:
-            raise ValueError(f"p_mask_prompt must be in [0, 1], got {self.p_mask_prompt}")
-        _at_least_one("num_iterations", self.num_iterations)
+        _probability("p_mask_prompt", self.p_mask_prompt)
+        _at_least_one("inner_iterations", self.inner_iterations)
         _advantage(self.advantage)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TraceRLConfig:
-    """TraceRL: clip ``eps``, KL ``beta``, ``shrinkage`` consecutive steps per state."""
+    """TraceRL: clip ``eps``, KL ``beta``, ``shrinkage`` consecutive steps per state (the
+    default state budget is ``ceil(T / shrinkage)``)."""
 
     eps: float = 0.2
     beta: float = 0.01
     shrinkage: int = 8
+    inner_iterations: int = 1
     advantage: str = "zscore"
 
     def __post_init__(self):
         _clip(self.eps)
         _nonneg("beta", self.beta)
         _at_least_one("shrinkage", self.shrinkage)
+        _at_least_one("inner_iterations", self.inner_iterations)
         _advantage(self.advantage)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class WD1Config:
-    """wd1: only the advantage mode (the loss is ratio-free and has no KL)."""
+    """wd1: ratio-free and without KL; log-probs from d1's one-step estimator (prompt masking
+    rate ``p_mask_prompt``)."""
 
+    p_mask_prompt: float = 0.15
+    inner_iterations: int = 1
     advantage: str = "center"
 
     def __post_init__(self):
+        _probability("p_mask_prompt", self.p_mask_prompt)
+        _at_least_one("inner_iterations", self.inner_iterations)
         _advantage(self.advantage)
 
 
@@ -108,12 +127,15 @@ class AGDOSFTConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AGDORLConfig:
-    """AGDO-RL: advantage bonus ``delta``, clip ``eps``, KL ``beta``, order granularity."""
+    """AGDO-RL: advantage bonus ``delta``, clip ``eps``, KL ``beta``, order granularity,
+    ``shrinkage`` order steps per state (as TraceRL's, whose loss AGDO-RL uses)."""
 
     delta: float = 5.0
     eps: float = 0.2
     beta: float = 0.0
     n_per_step: int = 1
+    shrinkage: int = 8
+    inner_iterations: int = 1
     advantage: str = "zscore"
 
     def __post_init__(self):
@@ -121,15 +143,213 @@ class AGDORLConfig:
         _clip(self.eps)
         _nonneg("beta", self.beta)
         _at_least_one("n_per_step", self.n_per_step)
+        _at_least_one("shrinkage", self.shrinkage)
+        _at_least_one("inner_iterations", self.inner_iterations)
         _advantage(self.advantage)
 
 
+# ----------------------------------------------------------------------------- program inputs
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SFTBatch:
+    """What the SFT program hands a loss's row builder (inside the compiled step).
+
+    Attributes:
+      tokens_BL: clean ``[prompt | answer]`` ids; ``response_mask_BL``: 1 on the answer block.
+      key: this step's (micro-batch's) PRNG key.
+      mask_id: the MASK id; ``prompt_length``: P, the prompt columns.
+      attention: ``n_per_step -> (order_BG, influence_BL)``, AGDO's attention order of the
+        answer positions and the influence ``I_k``, from one last-layer attention pass of the
+        current model on the clean sequences (no gradient).
+    """
+
+    tokens_BL: jax.Array
+    response_mask_BL: jax.Array
+    key: jax.Array
+    mask_id: int
+    prompt_length: int
+    attention: Callable[[int], tuple[jax.Array, jax.Array]]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Rollouts:
+    """What the RL program hands a loss's row builder: one RL step's R rollouts.
+
+    Attributes:
+      sequences_RL: ``[prompt | completion]`` ids, rollouts of one prompt adjacent.
+      prompt_length: P; ``group_size``: G rollouts per prompt.
+      advantages_R / rewards_R: per rollout.
+      key: PRNG key for the rows (prompt masks, state selection).
+      mask_id / eos_id: the MASK id and the EOS id (None: completions are never cut).
+      budget: K states per rollout (losses over trajectory states).
+      step_map_RG, entropy_RT, margin_RT, roec_RT: the rollouts' recorded trajectory.
+      select: the state selector (``rl.selector``) for losses that use one, else None.
+      attention: ``n_per_step -> (order_RG, influence_RL)`` (see :class:`SFTBatch`).
+      score: ``(inputs, tokens) -> logp`` under the rollout policy; ``score_ref`` the same
+        under the frozen reference policy, None without one.
+    """
+
+    sequences_RL: jax.Array
+    prompt_length: int
+    group_size: int
+    advantages_R: jax.Array
+    rewards_R: jax.Array
+    key: jax.Array
+    mask_id: int
+    eos_id: int | None
+    budget: int | None
+    step_map_RG: jax.Array
+    entropy_RT: jax.Array
+    margin_RT: jax.Array
+    roec_RT: jax.Array
+    select: Callable[..., tuple[jax.Array, jax.Array]] | None
+    attention: Callable[[int], tuple[jax.Array, jax.Array]]
+    score: Callable[[jax.Array, jax.Array], jax.Array]
+    score_ref: Callable[[jax.Array, jax.Array], jax.Array] | None
+
+
+Rows = dict[str, jax.Array]
+
+
+# ----------------------------------------------------------------------------- row builders
+def _forward_masked_rows(b: SFTBatch, cfg: LLaDASFTConfig) -> Rows:
+    """LLaDA's forward process on the answer block (the prompt is never masked)."""
+    noisy, masked, p_mask = losses.forward_mask(b.key, b.tokens_BL, b.response_mask_BL,
+                                                b.mask_id, cfg.eps)
+    return {"inputs": noisy, "tokens": b.tokens_BL, "masked": masked, "p_mask": p_mask,
+            "response_mask": b.response_mask_BL}
+
+
+def _order_state_rows(b: SFTBatch, cfg: AGDOSFTConfig) -> Rows:
+    """One AGDO state per row: a step t drawn uniformly from the row's order steps; the input
+    masks every answer token of a step >= t, the targets are the tokens of step t."""
+    order_BG, influence_BL = b.attention(cfg.n_per_step)
+    rows, length = b.tokens_BL.shape
+    num_steps = math.ceil((length - b.prompt_length) / cfg.n_per_step)
+    t_B1 = jax.random.randint(b.key, (rows, 1), 0, num_steps)
+    masked, targets = scoring.states_from_steps(order_BG, t_B1, t_B1 + 1)
+    sb = scoring.state_batch(b.tokens_BL, b.prompt_length, masked, targets, b.mask_id)
+    return {"inputs": sb["inputs"], "tokens": sb["tokens"],
+            "targets": sb["targets"].astype(jnp.float32), "influence": influence_BL}
+
+
+def _scored(r: Rollouts, rows: Rows) -> Rows:
+    """Adds the rollout policy's (and the reference policy's) log-probs of the rows."""
+    rows["old_logp"] = r.score(rows["inputs"], rows["tokens"])
+    if r.score_ref is not None:
+        rows["ref_logp"] = r.score_ref(rows["inputs"], rows["tokens"])
+    return rows
+
+
+def _one_step_rows(r: Rollouts, cfg: DiffuGRPOConfig | WD1Config) -> Rows:
+    """d1's one-step estimator: one row per rollout, the completion fully masked, prompt tokens
+    masked with probability ``p_mask_prompt``; targets up to and including the first EOS."""
+    seqs, p = r.sequences_RL, r.prompt_length
+    resp = jnp.zeros(seqs.shape, bool).at[:, p:].set(True)
+    comp = resp.astype(jnp.float32)
+    if r.eos_id is not None:
+        comp = comp.at[:, p:].set(losses.completion_mask_until_eos(seqs[:, p:], r.eos_id))
+    inputs, _ = scoring.d1_inputs(r.key, seqs, ~resp, resp, cfg.p_mask_prompt, r.mask_id)
+    return {"inputs": inputs, "tokens": seqs, "targets": comp, "adv": r.advantages_R,
+            "reward": r.rewards_R}
+
+
+def _one_step_scored_rows(r: Rollouts, cfg: DiffuGRPOConfig) -> Rows:
+    return _scored(r, _one_step_rows(r, cfg))
+
+
+def _state_rows(r: Rollouts, step_map_RG: jax.Array, starts_RK: jax.Array, ends_RK: jax.Array,
+                **extra: jax.Array) -> Rows:
+    """K trajectory states per rollout (row-major: rollout, then state), scored."""
+    masked, targets = scoring.states_from_steps(step_map_RG, starts_RK, ends_RK)
+    sb = scoring.state_batch(r.sequences_RL, r.prompt_length, masked, targets, r.mask_id)
+    k = starts_RK.shape[1]
+    return _scored(r, {"inputs": sb["inputs"], "tokens": sb["tokens"],
+                       "targets": sb["targets"].astype(jnp.float32),
+                       "adv": jnp.repeat(r.advantages_R, k), "reward": jnp.repeat(r.rewards_R, k),
+                       **extra})
+
+
+def _selected_state_rows(r: Rollouts, cfg: TraceRLConfig) -> Rows:
+    """TraceRL / ATPO: the selector's K step ranges over the sampler's recorded steps."""
+    starts, ends = r.select(r.key, r.entropy_RT, r.margin_RT, r.roec_RT, r.budget,
+                            group_size=r.group_size)
+    return _state_rows(r, r.step_map_RG, starts, ends)
+
+
+def _attention_state_rows(r: Rollouts, cfg: AGDORLConfig) -> Rows:
+    """AGDO-RL: the attention order's steps split into K consecutive ranges."""
+    order_RG, influence_RL = r.attention(cfg.n_per_step)
+    k = r.budget
+    num_steps = math.ceil((r.sequences_RL.shape[1] - r.prompt_length) / cfg.n_per_step)
+    bounds = [round(i * num_steps / k) for i in range(k + 1)]
+    shape = (r.sequences_RL.shape[0], k)
+    starts = jnp.broadcast_to(jnp.asarray(bounds[:-1], jnp.int32), shape)
+    ends = jnp.broadcast_to(jnp.asarray(bounds[1:], jnp.int32), shape)
+    return _state_rows(r, order_RG, starts, ends, influence=jnp.repeat(influence_RL, k, axis=0))
+
+
+def _sampler_steps(cfg: Any, steps: int, gen_length: int) -> int:
+    return steps
+
+
+def _order_steps(cfg: AGDORLConfig, steps: int, gen_length: int) -> int:
+    return math.ceil(gen_length / cfg.n_per_step)
+
+
+# ----------------------------------------------------------------------------- loss calls
+# ``(fn, kwargs from the config, logp of the rows, rows, num_rollouts, group_size)``
+def _call_sft(fn, kw, logp, rows, num_rollouts, group_size):
+    return fn(logp, rows["masked"], rows["p_mask"], rows["response_mask"], **kw)
+
+
+def _call_agdo_sft(fn, kw, logp, rows, num_rollouts, group_size):
+    return fn(logp, rows["targets"], rows["influence"], **kw)
+
+
+def _call_diffu_grpo(fn, kw, logp, rows, num_rollouts, group_size):
+    return fn(logp, rows["old_logp"], rows.get("ref_logp"), rows["adv"], rows["targets"], **kw)
+
+
+def _call_tracerl(fn, kw, logp, rows, num_rollouts, group_size):
+    return fn(logp, rows["old_logp"], rows.get("ref_logp"), rows["adv"], rows["targets"],
+              num_rollouts, **kw)
+
+
+def _call_agdo_rl(fn, kw, logp, rows, num_rollouts, group_size):
+    return fn(logp, rows["old_logp"], rows.get("ref_logp"), rows["adv"], rows["influence"],
+              rows["targets"], num_rollouts, **kw)
+
+
+def _call_wd1(fn, kw, logp, rows, num_rollouts, group_size):
+    return fn(logp, rows["targets"], rows["adv"], group_size, **kw)
+
+
+# ----------------------------------------------------------------------------- the registry
 @dataclasses.dataclass(frozen=True)
 class LossSpec:
-    """A registered loss: its config class and its pure function."""
+    """A registered loss.
+
+    Attributes:
+      config: its config class (the field defaults are the published settings).
+      fn: the pure loss function.
+      program: ``"sft"`` or ``"rl"``, the training program that trains it.
+      rows: ``(SFTBatch | Rollouts, config) -> rows`` the model scores (``inputs``,
+        ``tokens`` and what :attr:`call` needs).
+      call: runs :attr:`fn` on the rows' log-probs (see :meth:`loss`).
+      state_steps: for losses over trajectory states, ``(config, sampler steps, generation
+        length) -> T``, the steps the K states are drawn from (the default K is
+        ``ceil(T / config.shrinkage)``); None: one row per rollout (``rl.budget`` does not
+        apply).
+      selector: the states come from ``rl.selector`` (TraceRL's grouping or ATPO's rules).
+    """
 
     config: type
     fn: Callable[..., Any]
+    program: str
+    rows: Callable[[Any, Any], Rows]
+    call: Callable[..., tuple[jax.Array, dict]]
+    state_steps: Callable[[Any, int, int], int] | None = None
+    selector: bool = False
 
     def loss_kwargs(self, cfg: Any) -> dict[str, Any]:
         """The config fields that are keyword arguments of :attr:`fn`."""
@@ -139,19 +359,74 @@ class LossSpec:
         return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
                 if f.name in params}
 
+    def loss(self, cfg: Any, logp: jax.Array, rows: Rows, *, num_rollouts: float = 1,
+             group_size: int = 1) -> tuple[jax.Array, dict]:
+        """``(loss, aux)`` of the rows from :attr:`rows` given their current log-probs.
+
+        ``num_rollouts``: rollouts the rows come from (the trajectory losses sum over a
+        rollout's states and average over rollouts); ``group_size``: rollouts per prompt.
+        """
+        return self.call(self.fn, self.loss_kwargs(cfg), logp, rows, num_rollouts, group_size)
+
+    def default_budget(self, cfg: Any, steps: int, gen_length: int) -> int:
+        """``ceil(T / shrinkage)`` states per rollout (see :attr:`state_steps`)."""
+        return max(1, math.ceil(self.state_steps(cfg, steps, gen_length) / cfg.shrinkage))
+
 
 LOSSES: dict[str, LossSpec] = {
-    "sft": LossSpec(SFTConfig, losses.sft_loss),
-    "diffu_grpo": LossSpec(DiffuGRPOConfig, losses.diffu_grpo_loss),
-    "tracerl": LossSpec(TraceRLConfig, losses.tracerl_loss),
-    "wd1": LossSpec(WD1Config, losses.wd1_loss),
-    "agdo_sft": LossSpec(AGDOSFTConfig, agdo.agdo_sft_loss),
-    "agdo_rl": LossSpec(AGDORLConfig, agdo.agdo_rl_loss),
+    "sft": LossSpec(LLaDASFTConfig, losses.sft_loss, "sft", _forward_masked_rows, _call_sft),
+    "agdo_sft": LossSpec(AGDOSFTConfig, agdo.agdo_sft_loss, "sft", _order_state_rows,
+                         _call_agdo_sft),
+    "diffu_grpo": LossSpec(DiffuGRPOConfig, losses.diffu_grpo_loss, "rl", _one_step_scored_rows,
+                           _call_diffu_grpo),
+    "tracerl": LossSpec(TraceRLConfig, losses.tracerl_loss, "rl", _selected_state_rows,
+                        _call_tracerl, state_steps=_sampler_steps, selector=True),
+    "wd1": LossSpec(WD1Config, losses.wd1_loss, "rl", _one_step_rows, _call_wd1),
+    "agdo_rl": LossSpec(AGDORLConfig, agdo.agdo_rl_loss, "rl", _attention_state_rows,
+                        _call_agdo_rl, state_steps=_order_steps),
 }
 
 
 def get_loss(name: str) -> LossSpec:
-    """The loss function and its config class by name (see :data:`LOSSES`)."""
+    """The registered loss ``name`` (see :data:`LOSSES`)."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose from {sorted(LOSSES)}")
     return LOSSES[name]
+
+
+def loss_names(program: str) -> list[str]:
+    """The losses the ``program`` (``sft`` or ``rl``) trains, sorted."""
+    if program not in PROGRAMS:
+        raise ValueError(f"program must be one of {PROGRAMS}, got {program!r}")
+    return sorted(name for name, spec in LOSSES.items() if spec.program == program)
+
+
+def config_for(program: str, name: str, knobs: Mapping[str, Any]) -> Any:
+    """The config of loss ``name`` for a program section (``sft.*`` or ``rl.*``).
+
+    Args:
+      program: ``sft`` or ``rl`` (also the section name in messages).
+      name: the loss.
+      knobs: the section's loss knobs; those that are not None override the published
+        defaults, a None knob takes the default.
+
+    Raises:
+      ValueError: ``name`` is not a loss of ``program``, a set knob is not a field of its
+        config, or a value is invalid.
+    """
+    names = loss_names(program)
+    if name not in names:
+        raise ValueError(f"{program}.loss must be one of {names}, got {name!r}")
+    fields = {f.name for f in dataclasses.fields(LOSSES[name].config)}
+    unused = [k for k, v in knobs.items() if v is not None and k not in fields]
+    if unused:
+        own = [k for k in knobs if k in fields]
+        raise ValueError(f"{program}.{unused[0]} does not apply to loss {name!r} (its knobs: "
+                         f"{', '.join(own) or 'none'})")
+    return LOSSES[name].config(**{k: v for k, v in knobs.items() if v is not None})
+
+
+def resolved_knobs(cfg: Any, knobs: Mapping[str, Any]) -> dict[str, Any]:
+    """Each knob's value in the loss config ``cfg`` (None for knobs it does not have)."""
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    return {k: getattr(cfg, k) if k in fields else None for k in knobs}

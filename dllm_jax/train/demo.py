@@ -1,28 +1,40 @@
-"""``dllm-jax demo``: the whole path on a CPU, and ``dllm-jax train sft|rl``.
+"""``dllm-jax demo``: the whole path on a CPU, a thin program over the training programs.
 
-The demo trains a small masked-diffusion transformer from scratch on a built-in task (SFT,
-stopped early so there is room for RL), samples with low-confidence and random remasking,
-records trajectories and measures how well confusion-zone statistics predict correctness, runs
-RL from the SFT checkpoint with the uniform selector, with ATPO at the same budget and seed,
-and with AGDO, and writes everything (checkpoints, metrics, plots, ``report.md``,
-``results.json``) under one directory.
+The demo trains a small masked-diffusion transformer from scratch on a built-in task (the SFT
+program, stopped early so there is room for RL), samples with low-confidence and random
+remasking, records trajectories and measures how well confusion-zone statistics predict
+correctness, runs the RL program from the SFT checkpoint with the uniform selector, with ATPO
+at the same budget and seed, and with AGDO, and writes everything (checkpoints, metrics, plots,
+``report.md``, ``results.json``) under one directory.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dllm_jax.analysis.zones import plot_trajectory, zone_report
+from dllm_jax.data.sources import TaskSource
+from dllm_jax.sampling import LLaDAConfig, generate
+from dllm_jax.tasks import get_puzzle
+from dllm_jax.train import programs
+from dllm_jax.train.config import CheckpointConfig, OptimConfig, TrainConfig
+from dllm_jax.train.programs import DataSpec, ModelSpec, RLProgram, SFTProgram
+from dllm_jax.train.rl import RLConfig
+from dllm_jax.weights.convert import from_pretrained
+
 METHODS = ("sft", "rl_uniform", "rl_atpo", "rl_agdo")
 RULES = ("low_confidence", "random")
+# The RL runs: the loss and what differs from its published defaults.
+RL_METHODS = {"rl_uniform": dict(loss="tracerl", selector="uniform"),
+              "rl_atpo": dict(loss="tracerl", selector="atpo"),
+              "rl_agdo": dict(loss="agdo_rl", delta=5.0)}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -61,171 +73,97 @@ def _log(msg: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-class TaskData:
-    """Encoded train/test examples of a built-in task plus its tokenizer."""
-
-    def __init__(self, name: str, seed: int, num_train: int, num_test: int):
-        from dllm_jax.tasks import CharTokenizer, encode_examples, get_task
-
-        self.task = get_task(name)
-        self.tok = CharTokenizer()
-        self.train = self.task.generate(seed, num_train, split="train")
-        self.test = self.task.generate(seed, num_test, split="test")
-        width = getattr(self.task, "answer_length", None)
-        tr = encode_examples(self.tok, self.train, answer_length=width)
-        te = encode_examples(self.tok, self.test, answer_length=width)
-        self.train_prompt, self.train_answer = tr["prompt_BP"], tr["answer_BA"]
-        self.test_prompt, self.test_answer = te["prompt_BP"], te["answer_BA"]
-        self.p_len, self.a_len = self.train_prompt.shape[1], self.train_answer.shape[1]
-
-    def validation(self, seed: int, n: int) -> TaskData:
-        """Train-pool puzzles drawn with another seed (the held-out test set stays unseen)."""
-        val = object.__new__(TaskData)
-        val.task, val.tok, val.p_len, val.a_len = self.task, self.tok, self.p_len, self.a_len
-        val.test = self.task.generate(seed + 1000, n, split="train")
-        from dllm_jax.tasks import encode_examples
-
-        enc = encode_examples(self.tok, val.test, answer_length=self.a_len)
-        val.test_prompt, val.test_answer = enc["prompt_BP"], enc["answer_BA"]
-        return val
-
-    def sft_batch_fn(self, batch: int, seed: int):
-        n = len(self.train)
-        tokens = np.concatenate([self.train_prompt, self.train_answer], 1).astype(np.int32)
-        resp = np.zeros_like(tokens)
-        resp[:, self.p_len:] = 1
-
-        def batch_fn(step: int) -> dict[str, np.ndarray]:
-            per_epoch = n // batch
-            epoch, i = divmod(step, per_epoch)
-            order = np.random.default_rng([seed, epoch]).permutation(n)
-            rows = order[i * batch:(i + 1) * batch]
-            return {"tokens": tokens[rows], "response_mask": resp[rows]}
-
-        return batch_fn
-
-    def rewards(self, examples, completions: np.ndarray) -> np.ndarray:
-        return np.asarray([self.task.verify(ex, self.tok.decode(c.tolist()))
-                           for ex, c in zip(examples, completions, strict=True)], np.float32)
-
-
-def evaluate(model, data: TaskData, remasking: str, *, record: bool = False, seed: int = 0):
-    """Held-out accuracy with one token per step at temperature 0 (random order for
-    ``random``)."""
-    from dllm_jax.sampling import LLaDAConfig, generate
-
-    cfg = LLaDAConfig(steps=data.a_len, gen_length=data.a_len, block_length=data.a_len,
-                      remasking=remasking, temperature=0.0)
-    out = generate(model, data.test_prompt, config=cfg, key=seed, record=record)
-    comp = np.asarray(out.sequences)[:, data.p_len:]
-    correct = data.rewards(data.test, comp) >= 1.0
+def evaluate(model, source: TaskSource, remasking: str, *, record: bool = False, seed: int = 0):
+    """Accuracy on every row of ``source`` with one token per step at temperature 0 (random
+    order for ``random``)."""
+    a = source.answer_length
+    cfg = LLaDAConfig(steps=a, gen_length=a, block_length=a, remasking=remasking,
+                      temperature=0.0)
+    rows = np.arange(source.num_prompts)
+    out = generate(model, source.prompts(rows), config=cfg, key=seed, record=record)
+    comp = np.asarray(out.sequences)[:, source.prompt_length:]
+    correct = source.rewards(rows, comp) >= 1.0
     return float(correct.mean()), correct, out.trajectory
 
 
-def _train_config(steps: int, batch: int, lr: float, seed: int, schedule: str, every: int):
-    from dllm_jax.train import CheckpointConfig, OptimConfig, TrainConfig
-
+def _train_config(steps: int, batch: int, lr: float, seed: int, every: int) -> TrainConfig:
     return TrainConfig(seed=seed, steps=steps, batch_size=batch, log_every=max(steps // 20, 1),
-                       optim=OptimConfig(lr=lr, total_steps=steps, schedule=schedule,
+                       optim=OptimConfig(lr=lr, total_steps=steps, schedule="constant",
                                          warmup_steps=min(50, steps // 10), weight_decay=0.01),
                        checkpoint=CheckpointConfig(every=every, keep=1))
 
 
-def run_sft(cfg: DemoConfig, data: TaskData, out: Path):
-    """SFT in chunks of ``sft_check_every`` steps until the validation accuracy (train-pool
-    puzzles drawn with another seed, greedy low-confidence decoding) reaches the target."""
-    from dllm_jax.model.transformer import init_model
-    from dllm_jax.tasks import model_config
-    from dllm_jax.train import Trainer, sft_objective
+def sft_program(cfg: DemoConfig, out: Path) -> SFTProgram:
+    """The demo's SFT run as an ``SFTProgram`` (the default ``sft`` loss)."""
+    return SFTProgram(out=str(out),
+                      model=ModelSpec(hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
+                                      num_heads=cfg.num_heads),
+                      data=DataSpec(task=cfg.task, num_train=cfg.num_train),
+                      train=_train_config(cfg.sft_steps, cfg.sft_batch, cfg.sft_lr, cfg.seed,
+                                          every=cfg.sft_check_every))
 
-    mcfg = model_config(data.tok, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
-                        num_heads=cfg.num_heads)
-    model = init_model(mcfg, seed=cfg.seed)
-    tcfg = _train_config(cfg.sft_steps, cfg.sft_batch, cfg.sft_lr, cfg.seed, "constant",
-                         every=cfg.sft_check_every)
-    trainer = Trainer(tcfg, model, sft_objective, data.sft_batch_fn(cfg.sft_batch, cfg.seed),
-                      out, mesh=None, extra_config={"demo": dataclasses.asdict(cfg),
-                                                    "model": mcfg.to_dict()})
-    val = data.validation(cfg.seed, 256)
+
+def rl_program(cfg: DemoConfig, method: str, init: Path, out: Path) -> RLProgram:
+    """The demo's RL run ``method`` from the SFT checkpoint ``init`` as an ``RLProgram``; the
+    loss knobs not named in :data:`RL_METHODS` keep the loss's published defaults."""
+    a = get_puzzle(cfg.task).answer_length
+    rl = RLConfig(prompts_per_step=cfg.rl_prompts, group_size=cfg.rl_group,
+                  budget=min(cfg.rl_budget, a),
+                  sampler=LLaDAConfig(steps=a, gen_length=a, block_length=a,
+                                      temperature=cfg.rl_temperature), **RL_METHODS[method])
+    return RLProgram(out=str(out), model=ModelSpec(init=str(init)),
+                     data=DataSpec(task=cfg.task, num_train=cfg.num_train),
+                     train=_train_config(cfg.rl_steps, 1, cfg.rl_lr, cfg.seed,
+                                         every=max(cfg.rl_steps, 1)), rl=rl)
+
+
+def sft_phase(cfg: DemoConfig, out: Path) -> tuple[Any, int]:
+    """SFT through :func:`~dllm_jax.train.programs.run_sft`, asked every ``sft_check_every``
+    steps to stop once the validation accuracy (train-pool puzzles drawn with another seed,
+    greedy low-confidence decoding) reaches the target. Returns the model and its steps."""
+    val = TaskSource.validation(cfg.task, cfg.seed, 256)
     t0 = time.perf_counter()
-    done, acc = 0, 0.0
-    while done < cfg.sft_steps:
-        done = min(done + cfg.sft_check_every, cfg.sft_steps)
-        trainer.config = dataclasses.replace(tcfg, steps=done)
-        last = trainer.run(resume=done > cfg.sft_check_every)
-        acc = evaluate(trainer.model, val, "low_confidence", seed=cfg.seed)[0]
-        _log(f"SFT step {done}: loss {last.get('loss', float('nan')):.4f}, validation "
+    seen = {"steps": 0, "accuracy": 0.0}
+
+    def stop(model, step: int, last: dict[str, float]) -> bool:
+        acc = evaluate(model, val, "low_confidence", seed=cfg.seed)[0]
+        seen.update(steps=step, accuracy=acc)
+        _log(f"SFT step {step}: loss {last.get('loss', float('nan')):.4f}, validation "
              f"accuracy {acc:.3f} ({time.perf_counter() - t0:.0f}s)")
-        if acc >= cfg.sft_target_accuracy:
-            break
-    trainer.config = tcfg
-    _log(f"SFT stopped after {done} steps ({time.perf_counter() - t0:.0f}s), validation "
-         f"accuracy {acc:.3f} (target {cfg.sft_target_accuracy})")
-    return trainer.model, done
+        return acc >= cfg.sft_target_accuracy
+
+    model_dir = programs.run_sft(sft_program(cfg, out), overwrite=True, stop=stop, mesh=None)
+    _log(f"SFT stopped after {seen['steps']} steps ({time.perf_counter() - t0:.0f}s), "
+         f"validation accuracy {seen['accuracy']:.3f} (target {cfg.sft_target_accuracy})")
+    return from_pretrained(model_dir), seen["steps"]
 
 
-def run_rl(cfg: DemoConfig, data: TaskData, sft_model, out: Path, method: str):
-    from dllm_jax.train.rl import RLConfig, RolloutBatcher, make_rl_loss
-    from dllm_jax.sampling import LLaDAConfig
-    from dllm_jax.train import Trainer
-
-    kind = {"rl_uniform": dict(loss="tracerl", selector="uniform"),
-            "rl_atpo": dict(loss="tracerl", selector="atpo"),
-            "rl_agdo": dict(loss="agdo_rl", delta=5.0)}[method]
-    rcfg = RLConfig(prompts_per_step=cfg.rl_prompts, group_size=cfg.rl_group,
-                    budget=min(cfg.rl_budget, data.a_len),
-                    sampler=LLaDAConfig(steps=data.a_len, gen_length=data.a_len,
-                                        block_length=data.a_len,
-                                        temperature=cfg.rl_temperature), **kind)
-    n = len(data.train)
-
-    def prompt_rows(step: int) -> np.ndarray:
-        return np.random.default_rng([cfg.seed, 7, step]).choice(n, cfg.rl_prompts, replace=False)
-
-    def prompt_fn(step: int) -> np.ndarray:
-        return data.train_prompt[prompt_rows(step)]
-
-    def reward_fn(step: int, completions: np.ndarray) -> np.ndarray:
-        rows = np.repeat(prompt_rows(step), cfg.rl_group)
-        return data.rewards([data.train[i] for i in rows], completions)
-
-    batcher = RolloutBatcher(rcfg, prompt_fn, reward_fn, seed=cfg.seed)
-    tcfg = _train_config(cfg.rl_steps, 1, cfg.rl_lr, cfg.seed, "constant",
-                         every=max(cfg.rl_steps, 1))
-    trainer = Trainer(tcfg, sft_model, make_rl_loss(rcfg, cfg.rl_prompts * cfg.rl_group),
-                      batcher, out, mesh=None, extra_config={"rl": dataclasses.asdict(rcfg)})
-    batcher.attach(trainer)
+def rl_phase(cfg: DemoConfig, method: str, init: Path, out: Path):
+    """RL ``method`` through :func:`~dllm_jax.train.programs.run_rl`; returns the model."""
     t0 = time.perf_counter()
-    trainer.run()
+    model_dir = programs.run_rl(rl_program(cfg, method, init, out), overwrite=True, mesh=None)
     rewards = [json.loads(x).get("reward") for x in (out / "metrics.jsonl").read_text()
                .splitlines()]
     _log(f"{method}: {cfg.rl_steps} RL steps in {time.perf_counter() - t0:.0f}s; train reward "
          f"{rewards[0]:.3f} -> {rewards[-1]:.3f}")
-    return trainer.model
+    return from_pretrained(model_dir)
 
 
 def run_demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
-    from dllm_jax.analysis.zones import plot_trajectory, zone_report
-    from dllm_jax.weights.convert import save_checkpoint
-
     t_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     _log(f"config: {dataclasses.asdict(cfg)}")
-    data = TaskData(cfg.task, cfg.seed, cfg.num_train, cfg.num_test)
-    _log(f"task {cfg.task}: {len(data.train)} train / {len(data.test)} held-out examples, "
-         f"prompt {data.p_len} + answer {data.a_len} tokens; e.g. "
-         f"{data.test[0].prompt!r} -> {data.test[0].answer!r}")
-    model, sft_steps = run_sft(cfg, data, out / "sft")
-    model_dir = out / "sft" / "model"
-    if not model_dir.exists():
-        save_checkpoint(model, model_dir)
-        data.tok.save(model_dir)
+    test = TaskSource(cfg.task, cfg.seed, cfg.num_test, split="test")
+    _log(f"task {cfg.task}: {cfg.num_train} train / {test.num_prompts} held-out examples, "
+         f"prompt {test.prompt_length} + answer {test.answer_length} tokens; e.g. "
+         f"{test.examples[0].prompt!r} -> {test.examples[0].answer!r}")
+    model, sft_steps = sft_phase(cfg, out / "sft")
     results: dict[str, Any] = {"task": cfg.task, "seed": cfg.seed,
                                "config": dataclasses.asdict(cfg), "sft_steps": sft_steps,
                                "accuracy": {}}
-    acc, correct, traj = evaluate(model, data, "low_confidence", record=True, seed=cfg.seed)
+    acc, correct, traj = evaluate(model, test, "low_confidence", record=True, seed=cfg.seed)
     results["accuracy"]["sft"] = {"low_confidence": acc,
-                                  "random": evaluate(model, data, "random", seed=cfg.seed)[0]}
+                                  "random": evaluate(model, test, "random", seed=cfg.seed)[0]}
     _log(f"SFT held-out accuracy: {results['accuracy']['sft']}")
     zones = zone_report(traj, correct)
     wrong = int(np.argmin(correct)) if not correct.all() else 0
@@ -237,8 +175,8 @@ def run_demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
          f"AUC for predicting correctness: "
          + ", ".join(f"{k} {v:.2f}" for k, v in zones["auc"].items()))
     for method in METHODS[1:]:
-        rl_model = run_rl(cfg, data, model, out / method, method)
-        results["accuracy"][method] = {r: evaluate(rl_model, data, r, seed=cfg.seed)[0]
+        rl_model = rl_phase(cfg, method, out / "sft" / "model", out / method)
+        results["accuracy"][method] = {r: evaluate(rl_model, test, r, seed=cfg.seed)[0]
                                        for r in RULES}
         _log(f"{method} held-out accuracy: {results['accuracy'][method]}")
     results["seconds"] = time.perf_counter() - t_start

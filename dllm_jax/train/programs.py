@@ -1,23 +1,42 @@
-"""The training programs behind ``dllm-jax train sft|rl``.
+"""The training programs behind ``dllm-jax train sft|rl`` (and the demo's SFT and RL phases).
 
-A program is a frozen dataclass (model, data, train and, for RL, rl sections); the YAML file and
-``--set`` items override its fields (unknown keys are errors). The resolved config is printed
-and saved as ``config.yaml`` beside the checkpoints; the final model is written as a dllm-jax
-checkpoint to ``<out>/model`` (with its tokenizer for built-in tasks).
+A program is a frozen dataclass (model, data, train and an ``sft`` or ``rl`` section); the YAML
+file and ``--set`` items override its fields (unknown keys are errors). The loss comes from
+the loss registry by name (``sft.loss`` / ``rl.loss``) and every loss knob left unset takes
+that loss's published default: :meth:`SFTProgram.resolved` / :meth:`RLProgram.resolved` fill
+them in, and the resolved config is printed and saved as ``config.yaml`` beside the
+checkpoints. Data comes from a :class:`~dllm_jax.data.sources.DataSource` (a built-in task or a
+file). The final model is written as a dllm-jax checkpoint to ``<out>/model`` with its
+tokenizer.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
+from flax import nnx
 
+from dllm_jax import objectives as obj
+from dllm_jax.data.sources import REWARDS, DataSource, FileSource, TaskSource
+from dllm_jax.data.tokenizer import load_tokenizer
 from dllm_jax.errors import ConfigError
-from dllm_jax.train.rl import RLConfig
-from dllm_jax.train import CheckpointConfig, OptimConfig, TrainConfig
+from dllm_jax.model.transformer import init_model
+from dllm_jax.tasks import get_puzzle, model_config
+from dllm_jax.train.config import CheckpointConfig, OptimConfig, SFTConfig, TrainConfig
+from dllm_jax.train.loop import Trainer
+from dllm_jax.train.overrides import to_dict
+from dllm_jax.train.rl import RLConfig, RolloutBatcher, agdo_order, make_rl_loss
+from dllm_jax.weights.convert import from_pretrained, save_checkpoint
+
+# ``stop(model, step, metrics) -> bool``: asked after every checkpoint; True ends training.
+StopFn = Callable[[nnx.Module, int, dict[str, float]], bool]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -53,20 +72,24 @@ class DataSpec:
     def __post_init__(self):
         if (self.task is None) == (self.path is None):
             raise ValueError("set exactly one of data.task and data.path")
-        if self.reward not in ("exact", "gsm8k", "math"):
+        if self.reward not in REWARDS:
             raise ValueError(f"data.reward must be exact, gsm8k or math, got {self.reward!r}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SFTProgram:
     out: str = "out/sft"
-    eps: float = 1e-3
     model: ModelSpec = ModelSpec()
     data: DataSpec = DataSpec()
     train: TrainConfig = TrainConfig(steps=600, batch_size=256, log_every=20,
                                      optim=OptimConfig(lr=1e-3, total_steps=600, warmup_steps=50,
                                                        weight_decay=0.01),
                                      checkpoint=CheckpointConfig(every=200, keep=2))
+    sft: SFTConfig = SFTConfig()
+
+    def resolved(self) -> SFTProgram:
+        """The program with the loss's published defaults filled in."""
+        return dataclasses.replace(self, sft=self.sft.resolved())
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -74,143 +97,150 @@ class RLProgram:
     out: str = "out/rl"
     model: ModelSpec = ModelSpec()
     data: DataSpec = DataSpec()
+    # Checkpoints every 12 steps: a multiple of d1's mu = 12 inner iterations (see run_rl).
     train: TrainConfig = TrainConfig(steps=40, batch_size=1, log_every=1,
                                      optim=OptimConfig(lr=2e-5, total_steps=40,
                                                        schedule="constant"),
-                                     checkpoint=CheckpointConfig(every=10, keep=2))
+                                     checkpoint=CheckpointConfig(every=12, keep=2))
     rl: RLConfig = RLConfig()
 
-
-# ------------------------------------------------------------------------------ data
-class FileData:
-    """Records of a file / HF dataset, tokenized with an HF (or saved character) tokenizer."""
-
-    def __init__(self, spec: DataSpec, tokenizer: Any, eos_id: int, pad_id: int):
-        from dllm_jax.data.records import encode_sft, load_records
-
-        self.spec = spec
-        self.records = load_records(spec.path, spec.split, (spec.prompt_field, spec.answer_field))
-        self.tokenizer = tokenizer
-        self.enc = encode_sft(self.records, tokenizer, prompt_field=spec.prompt_field,
-                              answer_field=spec.answer_field,
-                              max_prompt_length=spec.max_prompt_length,
-                              max_answer_length=spec.max_answer_length,
-                              chat_template=spec.chat_template, eos_id=eos_id, pad_id=pad_id)
-        self.p_len = int((self.enc["response_mask"][0] == 0).sum())
-        self.a_len = self.enc["tokens"].shape[1] - self.p_len
-
-    def reward(self, index: int, completion: str) -> float:
-        from dllm_jax.tasks import answers as rewards
-
-        gold = str(self.records[index][self.spec.answer_field])
-        if self.spec.reward == "gsm8k":
-            return rewards.gsm8k_reward(completion, gold)
-        if self.spec.reward == "math":
-            return rewards.math_reward(completion, gold)
-        return float(completion.strip() == gold.strip())
+    def resolved(self) -> RLProgram:
+        """The program with the loss's published defaults, the budget and the selector filled
+        in; on a built-in task the sampler generates exactly the task's answer, one token
+        per step (the budget is capped at that many steps)."""
+        rl = self.rl
+        if self.data.task is not None:
+            a = get_puzzle(self.data.task).answer_length
+            if rl.sampler.gen_length != a:
+                rl = dataclasses.replace(
+                    rl, sampler=dataclasses.replace(rl.sampler, gen_length=a, block_length=a,
+                                                    steps=a),
+                    budget=None if rl.budget is None else min(rl.budget, a))
+        return dataclasses.replace(self, rl=rl.resolved())
 
 
-def _model_and_data(model_spec: ModelSpec, data: DataSpec, seed: int):
-    """(model, data object, tokenizer) for a program."""
-    import dllm_jax
-    from dllm_jax.train.demo import TaskData
-    from dllm_jax.model.transformer import init_model
-
+# ------------------------------------------------------------------------------ pieces
+def load_model_and_source(spec: ModelSpec, data: DataSpec, seed: int
+                          ) -> tuple[nnx.Module, DataSource]:
+    """The program's initial model and its data source."""
     if data.task is not None:
-        td = TaskData(data.task, seed, data.num_train, 256)
-        if model_spec.init is not None:
-            model = dllm_jax.from_pretrained(model_spec.init, dtype=model_spec.dtype)
-        else:
-            from dllm_jax.tasks import model_config
-
-            model = init_model(model_config(td.tok, hidden_size=model_spec.hidden_size,
-                                            num_layers=model_spec.num_layers,
-                                            num_heads=model_spec.num_heads), seed=seed)
-        return model, td, td.tok
-    if model_spec.init is None:
+        source = TaskSource(data.task, seed, data.num_train)
+        if spec.init is not None:
+            return from_pretrained(spec.init, dtype=spec.dtype), source
+        cfg = model_config(source.tokenizer, hidden_size=spec.hidden_size,
+                           num_layers=spec.num_layers, num_heads=spec.num_heads)
+        return init_model(cfg, seed=seed), source
+    if spec.init is None:
         raise ConfigError("training on data.path needs model.init (a checkpoint directory)")
-    from dllm_jax.data.tokenizer import load_tokenizer
-
-    model = dllm_jax.from_pretrained(model_spec.init, dtype=model_spec.dtype)
-    tok = load_tokenizer(data.tokenizer or model_spec.init)
-    cfg = model.config
-    fd = FileData(data, tok, cfg.eos_token_id, cfg.pad_token_id or cfg.eos_token_id)
-    return model, fd, tok
-
-
-def _sft_batch_fn(data, batch: int, seed: int):
-    from dllm_jax.data.records import batch_rows
-
-    if hasattr(data, "sft_batch_fn"):
-        return data.sft_batch_fn(batch, seed)
-    enc = data.enc
-    n = enc["tokens"].shape[0]
-    return lambda step: {k: v[batch_rows(n, batch, seed, step)] for k, v in enc.items()}
+    model = from_pretrained(spec.init, dtype=spec.dtype)
+    mc = model.config
+    source = FileSource(data.path, load_tokenizer(data.tokenizer or spec.init),
+                        eos_id=mc.eos_token_id,
+                        pad_id=mc.eos_token_id if mc.pad_token_id is None else mc.pad_token_id,
+                        split=data.split, prompt_field=data.prompt_field,
+                        answer_field=data.answer_field, reward=data.reward,
+                        chat_template=data.chat_template,
+                        max_prompt_length=data.max_prompt_length,
+                        max_answer_length=data.max_answer_length)
+    return model, source
 
 
-def _save_final(model, tokenizer, out: Path) -> Path:
-    from dllm_jax.weights.convert import save_checkpoint
+def make_sft_loss(cfg: SFTConfig, prompt_length: int):
+    """``loss_fn(model, batch, key)`` for the train step: the registry loss of ``cfg.loss`` on
+    ``batch = {tokens, response_mask, attention_mask?}`` (prompt in the first
+    ``prompt_length`` columns)."""
+    spec = obj.get_loss(cfg.loss)
+    loss_cfg = cfg.loss_config()
 
+    def loss_fn(model, batch, key):
+        graphdef, state = nnx.split(model)
+        frozen = jax.lax.stop_gradient(nnx.to_pure_dict(state))
+        sft = obj.SFTBatch(
+            tokens_BL=batch["tokens"], response_mask_BL=batch["response_mask"], key=key,
+            mask_id=model.config.mask_token_id, prompt_length=prompt_length,
+            attention=functools.partial(agdo_order, graphdef, frozen, batch["tokens"],
+                                        prompt_length))
+        rows = spec.rows(sft, loss_cfg)
+        logp = obj.token_logprobs(obj.aligned(model, rows["inputs"], batch.get("attention_mask")),
+                                  rows["tokens"])
+        return spec.loss(loss_cfg, logp, rows)
+
+    return loss_fn
+
+
+def _run(trainer: Trainer, resume: bool, overwrite: bool, stop: StopFn | None) -> None:
+    """``trainer.run``; with ``stop``, in chunks of ``checkpoint.every`` steps, asking ``stop``
+    after each (every chunk after the first resumes from the checkpoint just written)."""
+    if stop is None:
+        trainer.run(resume=resume, overwrite=overwrite)
+        return
+    cfg = trainer.config
+    every, done = cfg.checkpoint.every, 0
+    while done < cfg.steps:
+        done = min(done + every, cfg.steps)
+        trainer.config = dataclasses.replace(cfg, steps=done)
+        first = done <= every
+        last = trainer.run(resume=resume or not first, overwrite=overwrite and first)
+        if stop(trainer.model, done, last):
+            break
+    trainer.config = cfg
+
+
+def _save_final(model: nnx.Module, source: DataSource, out: Path) -> Path:
     target = out / "model"
     if target.exists():
-        import shutil
-
         shutil.rmtree(target)
     save_checkpoint(model, target)
-    if hasattr(tokenizer, "save"):
-        tokenizer.save(target)
-    elif hasattr(tokenizer, "save_pretrained"):
-        tokenizer.save_pretrained(str(target))
+    source.save_tokenizer(target)
     return target
 
 
-def run_sft(prog: SFTProgram, resume: bool = False, progress: bool = True) -> Path:
-    from dllm_jax.train.overrides import to_dict
-    from dllm_jax.train import Trainer, sft_objective
+# ------------------------------------------------------------------------------ programs
+def run_sft(prog: SFTProgram, resume: bool = False, progress: bool = True, *,
+            overwrite: bool = False, stop: StopFn | None = None, mesh: Any = "auto") -> Path:
+    """Trains ``prog`` (resolved here) and returns ``<out>/model``.
 
-    model, data, tok = _model_and_data(prog.model, prog.data, prog.train.seed)
-    loss = functools.partial(sft_objective, eps=prog.eps)
-    trainer = Trainer(prog.train, model, loss, _sft_batch_fn(data, prog.train.batch_size,
-                                                             prog.train.seed),
-                      prog.out, extra_config={"program": to_dict(prog)}, progress=progress)
-    trainer.run(resume=resume)
-    return _save_final(trainer.model, tok, Path(prog.out))
+    Args:
+      prog: the program.
+      resume: continue from the newest complete checkpoint in ``prog.out``.
+      progress: show a progress bar on a terminal.
+      overwrite: replace a previous run in ``prog.out`` (without it or ``resume``, a directory
+        that holds checkpoints is refused).
+      stop: asked after every checkpoint; True ends training there (the demo's early stop).
+      mesh: the Trainer's mesh (``"auto"``: ``train.mesh``; None: single-device jit).
+    """
+    prog = prog.resolved()
+    model, source = load_model_and_source(prog.model, prog.data, prog.train.seed)
+    trainer = Trainer(prog.train, model, make_sft_loss(prog.sft, source.prompt_length),
+                      source.sft_batch_fn(prog.train.batch_size, prog.train.seed), prog.out,
+                      extra_config={"program": to_dict(prog)}, progress=progress, mesh=mesh)
+    _run(trainer, resume, overwrite, stop)
+    return _save_final(trainer.model, source, Path(prog.out))
 
 
-def run_rl(prog: RLProgram, resume: bool = False, progress: bool = True) -> Path:
-    from dllm_jax.train.overrides import to_dict
-    from dllm_jax.train.rl import RolloutBatcher, make_rl_loss
-    from dllm_jax.train import Trainer
-
+def run_rl(prog: RLProgram, resume: bool = False, progress: bool = True, *,
+           overwrite: bool = False, mesh: Any = "auto") -> Path:
+    """Trains ``prog`` (resolved here) and returns ``<out>/model`` (see :func:`run_sft`)."""
+    prog = prog.resolved()
     rl = prog.rl
     if prog.train.checkpoint.every % rl.inner_iterations:
         raise ConfigError(f"train.checkpoint.every ({prog.train.checkpoint.every}) must be a "
                           f"multiple of rl.inner_iterations ({rl.inner_iterations}) so a resumed "
                           "run re-creates the same rollouts")
-    model, data, tok = _model_and_data(prog.model, prog.data, prog.train.seed)
-    if rl.sampler.gen_length != data.a_len and prog.data.task is not None:
-        rl = dataclasses.replace(rl, sampler=dataclasses.replace(
-            rl.sampler, gen_length=data.a_len, block_length=data.a_len, steps=data.a_len),
-            budget=min(rl.budget, data.a_len))
-    prompts = data.train_prompt if hasattr(data, "train_prompt") else data.enc["tokens"][
-        :, :data.p_len]
-    n = prompts.shape[0]
+    model, source = load_model_and_source(prog.model, prog.data, prog.train.seed)
+    num_rollouts = rl.prompts_per_step * rl.group_size
 
     def rows(step: int) -> np.ndarray:
         return np.random.default_rng([prog.train.seed, 7, step]).choice(
-            n, rl.prompts_per_step, replace=False)
+            source.num_prompts, rl.prompts_per_step, replace=False)
 
     def reward_fn(step: int, completions: np.ndarray) -> np.ndarray:
-        idx = np.repeat(rows(step), rl.group_size)
-        texts = [tok.decode([int(t) for t in c]) for c in completions]
-        if hasattr(data, "rewards"):
-            return data.rewards([data.train[i] for i in idx], completions)
-        return np.asarray([data.reward(int(i), t) for i, t in zip(idx, texts, strict=True)])
+        return source.rewards(np.repeat(rows(step), rl.group_size), completions)
 
-    batcher = RolloutBatcher(rl, lambda s: prompts[rows(s)], reward_fn, seed=prog.train.seed)
-    trainer = Trainer(prog.train, model, make_rl_loss(rl, rl.prompts_per_step * rl.group_size),
-                      batcher, prog.out, extra_config={"program": to_dict(prog)},
-                      progress=progress)
+    batcher = RolloutBatcher(rl, lambda s: source.prompts(rows(s)), reward_fn,
+                             seed=prog.train.seed)
+    trainer = Trainer(prog.train, model, make_rl_loss(rl, num_rollouts), batcher, prog.out,
+                      extra_config={"program": to_dict(prog)}, progress=progress, mesh=mesh)
     batcher.attach(trainer)
-    trainer.run(resume=resume)
-    return _save_final(trainer.model, tok, Path(prog.out))
+    trainer.run(resume=resume, overwrite=overwrite)
+    return _save_final(trainer.model, source, Path(prog.out))

@@ -1,13 +1,11 @@
-"""The RL loop: rollouts with trajectories, rewards, advantages, state selection, policy loss.
+"""The RL loop: rollouts with trajectories, rewards, advantages, the loss's rows, policy loss.
 
 One RL step: G completions per prompt from the configured sampler (recording trajectories),
-rewards from a host function, group advantages, then the training batch of trajectory states:
-- ``tracerl`` (+ a selector: ``uniform`` is TraceRL's grouping, ``atpo`` ATPO's hybrid rule,
-  or ``random``/``entropy``/``roec``/``cm``) with a budget of K states per rollout;
-- ``agdo_rl``: states follow AGDO's attention order (one last-layer attention pass on each
-  completed rollout), per-token advantages ``A + sign(A) delta I_k``;
-- ``diffu_grpo``: d1's one-step estimator (completion fully masked, prompt masked at 15%).
-The optimiser update runs through the sharded train step; the loop is driven by
+rewards from a host function, group advantages, then the rows of the loss chosen by
+``rl.loss`` from the loss registry (``dllm_jax.objectives.registry``), which says how to build
+them: trajectory states picked by ``rl.selector`` (``tracerl``), states following AGDO's
+attention order (``agdo_rl``), or d1's one-step inputs (``diffu_grpo``, ``wd1``). The
+optimiser update runs through the sharded train step; the loop is driven by
 :class:`dllm_jax.train.Trainer`, so checkpoints, resume, progress and metrics are shared with
 SFT. Old log-probs are taken once per RL step (``mu`` inner iterations reuse the batch).
 """
@@ -26,57 +24,100 @@ from flax import nnx
 from dllm_jax import objectives as obj
 from dllm_jax.sampling import LLaDAConfig, generate
 
-LOSSES = ("tracerl", "agdo_rl", "diffu_grpo")
+# RLConfig fields that are knobs of the losses' configs (None: the loss's published default).
+LOSS_KNOBS = ("eps", "beta", "delta", "n_per_step", "advantage", "p_mask_prompt",
+              "inner_iterations")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RLConfig:
     """Knobs of one RL run (the optimiser lives in ``TrainConfig.optim``).
 
+    Every loss knob left None takes the chosen loss's published default from the registry
+    (:meth:`resolved` fills them in; docs/objectives.md lists them); setting a knob the loss
+    does not have is an error.
+
     Attributes:
       prompts_per_step, group_size: rollouts per step = prompts * G.
-      loss: ``tracerl`` | ``agdo_rl`` | ``diffu_grpo``.
-      selector: for ``tracerl``: ``uniform`` | ``random`` | ``entropy`` | ``roec`` | ``cm`` |
-        ``atpo``.
-      budget: K trajectory states per rollout (the same for every selector).
+      loss: an RL loss of the registry: ``tracerl`` | ``agdo_rl`` | ``diffu_grpo`` | ``wd1``.
+      selector: for losses over selected states (``tracerl``): ``uniform`` (default) |
+        ``random`` | ``entropy`` | ``roec`` | ``cm`` | ``atpo``.
+      budget: K trajectory states per rollout (the same for every selector; default
+        ``ceil(T / shrinkage)`` of the loss); only for losses over states.
       lam, rho: ATPO's hybrid weight and optional coverage mix.
       inner_iterations: ``mu`` optimiser steps per batch of rollouts.
       eps, beta: PPO clip and KL weight (``beta > 0`` keeps a frozen reference model, synced
         every ``ref_sync_every`` RL steps; 0 = never).
       delta, n_per_step: AGDO's advantage boost and tokens per attention-order step.
       advantage: ``zscore`` or ``center``.
+      p_mask_prompt: prompt masking rate of d1's one-step estimator.
       sampler: rollout sampler (temperature > 0 for exploration).
     """
 
     prompts_per_step: int = 8
     group_size: int = 8
     loss: str = "tracerl"
-    selector: str = "uniform"
-    budget: int = 4
+    selector: str | None = None
+    budget: int | None = None
     lam: float = 0.5
     rho: float | None = None
-    inner_iterations: int = 1
-    eps: float = 0.2
-    beta: float = 0.0
+    inner_iterations: int | None = None
+    eps: float | None = None
+    beta: float | None = None
     ref_sync_every: int = 0
-    delta: float = 5.0
-    n_per_step: int = 1
-    advantage: str = "zscore"
-    p_mask_prompt: float = 0.15
+    delta: float | None = None
+    n_per_step: int | None = None
+    advantage: str | None = None
+    p_mask_prompt: float | None = None
     sampler: LLaDAConfig = LLaDAConfig(steps=8, gen_length=8, block_length=8, temperature=1.0)
 
     def __post_init__(self):
-        if self.loss not in LOSSES:
-            raise ValueError(f"rl.loss must be one of {LOSSES}, got {self.loss!r}")
-        if self.loss == "tracerl":
+        cfg = self.loss_config()  # checks the loss name and the knobs
+        spec = obj.get_loss(self.loss)
+        if self.budget is not None and spec.state_steps is None:
+            raise ValueError(f"rl.budget does not apply to loss {self.loss!r} (one row per "
+                             "rollout)")
+        if self.selector is not None:
+            if not spec.selector:
+                raise ValueError(f"rl.selector does not apply to loss {self.loss!r}")
             obj.get_selector(self.selector)
         if self.prompts_per_step < 1 or self.group_size < 2:
             raise ValueError("rl.prompts_per_step must be >= 1 and rl.group_size >= 2")
-        if self.budget < 1 or self.budget > self.sampler.steps:
-            raise ValueError(f"rl.budget must be in [1, sampler.steps={self.sampler.steps}], "
-                             f"got {self.budget}")
-        if self.inner_iterations < 1:
-            raise ValueError("rl.inner_iterations must be >= 1")
+        if self.budget is not None:
+            most = spec.state_steps(cfg, self.sampler.steps, self.sampler.gen_length)
+            if not 1 <= self.budget <= most:
+                raise ValueError(f"rl.budget must be in [1, {most}] (the steps loss "
+                                 f"{self.loss!r} draws states from), got {self.budget}")
+
+    def knobs(self) -> dict:
+        return {k: getattr(self, k) for k in LOSS_KNOBS}
+
+    def loss_config(self):
+        """The loss's config: the knobs that are set over its published defaults."""
+        return obj.config_for("rl", self.loss, self.knobs())
+
+    def resolved(self) -> RLConfig:
+        """This config with the loss's knobs, the budget and the selector filled in (what a
+        run uses and prints); idempotent."""
+        spec = obj.get_loss(self.loss)
+        cfg = self.loss_config()
+        budget, selector = self.budget, self.selector
+        if spec.state_steps is not None and budget is None:
+            budget = spec.default_budget(cfg, self.sampler.steps, self.sampler.gen_length)
+        if spec.selector and selector is None:
+            selector = "uniform"
+        return dataclasses.replace(self, budget=budget, selector=selector,
+                                   **obj.resolved_knobs(cfg, self.knobs()))
+
+    @property
+    def rows_per_rollout(self) -> int:
+        """Training rows per rollout: K states, or 1 for one-step losses."""
+        return self.resolved().budget or 1
+
+    @property
+    def keeps_reference(self) -> bool:
+        """Whether the loss has a KL term, i.e. a frozen reference model (``beta > 0``)."""
+        return (self.resolved().beta or 0.0) > 0
 
 
 def _selector(cfg: RLConfig):
@@ -88,7 +129,7 @@ class RolloutBatcher:
     """``batch_fn(step)`` for the Trainer: rolls out with the trainer's current parameters.
 
     Args:
-      cfg: the RL config.
+      cfg: the RL config (resolved here).
       prompt_fn: ``rl_step -> int array [prompts_per_step, P]`` (fixed P).
       reward_fn: ``(rl_step, completions [R, G_len] ints) -> rewards [R]`` on the host.
       seed: base seed of rollouts and state selection.
@@ -96,7 +137,7 @@ class RolloutBatcher:
 
     def __init__(self, cfg: RLConfig, prompt_fn: Callable[[int], np.ndarray],
                  reward_fn: Callable[[int, np.ndarray], np.ndarray], seed: int = 0):
-        self.cfg = cfg
+        self.cfg = cfg.resolved()
         self.prompt_fn = prompt_fn
         self.reward_fn = reward_fn
         self.key = jax.random.PRNGKey(seed)
@@ -109,7 +150,7 @@ class RolloutBatcher:
         """Binds the trainer whose current parameters roll out; with ``beta > 0`` the frozen
         reference parameters are checkpointed with the train state, so resume is exact."""
         self.trainer = trainer
-        if self.cfg.beta > 0:
+        if self.cfg.keeps_reference:
             self.ref_params = jax.tree.map(jnp.copy, trainer.model_params())
 
             def set_ref(tree):
@@ -129,24 +170,33 @@ class RolloutBatcher:
         cfg = self.cfg
         params = host_local(self.trainer.model_params())
         model = nnx.merge(self.trainer.graphdef, nnx.State(params))
-        if cfg.beta > 0 and cfg.ref_sync_every and rl_step and rl_step % cfg.ref_sync_every == 0:
+        if (cfg.keeps_reference and cfg.ref_sync_every and rl_step
+                and rl_step % cfg.ref_sync_every == 0):
             self.ref_params = jax.tree.map(jnp.copy, self.trainer.model_params())
         prompts = np.asarray(self.prompt_fn(rl_step), np.int32)
         p_len = prompts.shape[1]
         rollout_prompts = np.repeat(prompts, cfg.group_size, axis=0)
         key = jax.random.fold_in(self.key, rl_step)
         out = generate(model, rollout_prompts, config=cfg.sampler, key=key, record=True)
-        seqs = np.asarray(out.sequences)
-        rewards = np.asarray(self.reward_fn(rl_step, seqs[:, p_len:]), np.float32)
+        seqs = jnp.asarray(out.sequences)
+        rewards = np.asarray(self.reward_fn(rl_step, np.asarray(seqs)[:, p_len:]), np.float32)
         self.last_rewards = rewards
-        adv = np.asarray(obj.group_advantages(jnp.asarray(rewards), cfg.group_size,
-                                              cfg.advantage))
+        adv = obj.group_advantages(jnp.asarray(rewards), cfg.group_size, cfg.advantage)
         graphdef = nnx.graphdef(model)
-        ref = host_local(self.ref_params) if cfg.beta > 0 else None
-        batch = _states(graphdef, params, ref, jnp.asarray(seqs), out.trajectory,
-                        jnp.asarray(adv), jnp.asarray(rewards), jax.random.fold_in(key, 1),
-                        cfg=cfg, p_len=p_len)
-        return jax.device_get(batch)
+        ref = host_local(self.ref_params) if cfg.keeps_reference else None
+        traj = out.trajectory
+        rollouts = obj.Rollouts(
+            sequences_RL=seqs, prompt_length=p_len, group_size=cfg.group_size,
+            advantages_R=adv, rewards_R=jnp.asarray(rewards), key=jax.random.fold_in(key, 1),
+            mask_id=model.config.mask_token_id, eos_id=model.config.eos_token_id,
+            budget=cfg.budget, step_map_RG=traj.step_map, entropy_RT=traj.entropy,
+            margin_RT=traj.margin, roec_RT=traj.roec,
+            select=_selector(cfg) if cfg.selector is not None else None,
+            attention=functools.partial(agdo_order, graphdef, params, seqs, p_len),
+            score=functools.partial(_old_logp, graphdef, params),
+            score_ref=None if ref is None else functools.partial(_old_logp, graphdef, ref))
+        rows = obj.get_loss(cfg.loss).rows(rollouts, cfg.loss_config())
+        return jax.device_get(rows)
 
 
 def host_local(tree):
@@ -166,49 +216,6 @@ def _old_logp(graphdef, params, inputs, tokens):
     return obj.token_logprobs(obj.aligned(model, inputs), tokens)
 
 
-def _states(graphdef, params, ref_params, seqs, traj, adv_R, rewards_R, key, *, cfg: RLConfig,
-            p_len: int) -> dict[str, jax.Array]:
-    """The training batch of states (host-called; each piece is jitted)."""
-    model = nnx.merge(graphdef, nnx.State(params))
-    mask_id = model.config.mask_token_id
-    r, length = seqs.shape
-    g = length - p_len
-    k = cfg.budget
-    extra: dict[str, jax.Array] = {}
-    if cfg.loss == "diffu_grpo":
-        resp = jnp.zeros((r, length), bool).at[:, p_len:].set(True)
-        eos = model.config.eos_token_id
-        comp = resp.astype(jnp.float32)
-        if eos is not None:
-            comp = comp.at[:, p_len:].set(obj.completion_mask_until_eos(seqs[:, p_len:], eos))
-        inputs, _ = obj.d1_inputs(key, seqs, ~resp, resp, cfg.p_mask_prompt, mask_id)
-        batch = {"inputs": inputs, "tokens": seqs, "targets": comp, "adv": adv_R,
-                 "reward": rewards_R}
-    else:
-        if cfg.loss == "agdo_rl":
-            order, infl = _agdo_order(graphdef, params, seqs, p_len, cfg.n_per_step)
-            num_order_steps = -(-g // cfg.n_per_step)
-            bounds = [round(i * num_order_steps / k) for i in range(k + 1)]
-            starts = jnp.broadcast_to(jnp.asarray(bounds[:-1], jnp.int32), (r, k))
-            ends = jnp.broadcast_to(jnp.asarray(bounds[1:], jnp.int32), (r, k))
-            step_map = order
-            extra["influence"] = jnp.repeat(infl, k, axis=0)
-        else:
-            sel = _selector(cfg)
-            starts, ends = sel(key, traj.entropy, traj.margin, traj.roec, k,
-                               group_size=cfg.group_size)
-            step_map = traj.step_map
-        masked, targets = obj.states_from_steps(step_map, starts, ends)
-        sb = obj.state_batch(seqs, p_len, masked, targets, mask_id)
-        batch = {"inputs": sb["inputs"], "tokens": sb["tokens"],
-                 "targets": sb["targets"].astype(jnp.float32),
-                 "adv": jnp.repeat(adv_R, k), "reward": jnp.repeat(rewards_R, k), **extra}
-    batch["old_logp"] = _old_logp(graphdef, params, batch["inputs"], batch["tokens"])
-    if ref_params is not None:
-        batch["ref_logp"] = _old_logp(graphdef, ref_params, batch["inputs"], batch["tokens"])
-    return batch
-
-
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _agdo_order_jit(graphdef, params, seqs, n_per_step, resp):
     model = nnx.merge(graphdef, nnx.State(params))
@@ -217,7 +224,9 @@ def _agdo_order_jit(graphdef, params, seqs, n_per_step, resp):
     return order, aux["I"]
 
 
-def _agdo_order(graphdef, params, seqs, p_len: int, n_per_step: int):
+def agdo_order(graphdef, params, seqs, p_len: int, n_per_step: int):
+    """AGDO's attention order of the generated positions ``[B, L - p_len]`` and the influence
+    ``I_k`` ``[B, L]``, from one last-layer attention pass of the model on ``seqs``."""
     r, length = seqs.shape
     resp = jnp.zeros((r, length), bool).at[:, p_len:].set(True)
     order, infl = _agdo_order_jit(graphdef, params, seqs, n_per_step, resp)
@@ -225,22 +234,29 @@ def _agdo_order(graphdef, params, seqs, p_len: int, n_per_step: int):
 
 
 def make_rl_loss(cfg: RLConfig, num_rollouts: int):
-    """``loss_fn(model, batch, key)`` for the train step."""
+    """``loss_fn(model, batch, key)`` for the train step: the registry loss of ``cfg.loss``.
+
+    Args:
+      cfg: the RL config (resolved here).
+      num_rollouts: rollouts per RL step (``prompts_per_step * group_size``).
+
+    With gradient accumulation the train step averages the micro-batches' losses, so each
+    micro-batch's trajectory loss is taken over the rollouts it holds (its share of the step's
+    rows): the accumulated gradient then equals the full batch's.
+    """
+    cfg = cfg.resolved()
+    if num_rollouts != cfg.prompts_per_step * cfg.group_size:
+        raise ValueError(f"num_rollouts {num_rollouts} is not prompts_per_step * group_size = "
+                         f"{cfg.prompts_per_step * cfg.group_size}")
+    spec = obj.get_loss(cfg.loss)
+    loss_cfg = cfg.loss_config()
+    rows_per_step = num_rollouts * cfg.rows_per_rollout
 
     def loss_fn(model, batch, key):
         logp = obj.token_logprobs(obj.aligned(model, batch["inputs"]), batch["tokens"])
-        ref = batch.get("ref_logp")
-        if cfg.loss == "diffu_grpo":
-            loss, aux = obj.diffu_grpo_loss(logp, batch["old_logp"], ref, batch["adv"],
-                                            batch["targets"], eps=cfg.eps, beta=cfg.beta)
-        elif cfg.loss == "agdo_rl":
-            loss, aux = obj.agdo_rl_loss(logp, batch["old_logp"], ref, batch["adv"],
-                                         batch["influence"], batch["targets"], num_rollouts,
-                                         delta=cfg.delta, eps=cfg.eps, beta=cfg.beta)
-        else:
-            loss, aux = obj.tracerl_loss(logp, batch["old_logp"], ref, batch["adv"],
-                                         batch["targets"], num_rollouts, eps=cfg.eps,
-                                         beta=cfg.beta)
+        share = batch["inputs"].shape[0] / rows_per_step
+        loss, aux = spec.loss(loss_cfg, logp, batch, num_rollouts=num_rollouts * share,
+                              group_size=cfg.group_size)
         return loss, {**aux, "reward": batch["reward"].mean()}
 
     return loss_fn
