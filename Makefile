@@ -6,7 +6,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_ARGS ?=
 
-$(BIN)/.installed-base: pyproject.toml
+# Code benchmarks run model-written programs under bubblewrap (docs/safety.md). As root with
+# apt, install it when missing; quietly, and never failing the install.
+.PHONY: sandbox-tools
+sandbox-tools:
+	@command -v bwrap >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1 \
+	  || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null 2>&1 \
+	  || { apt-get update -qq >/dev/null 2>&1 \
+	       && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null 2>&1; } \
+	  || true
+	@command -v bwrap >/dev/null 2>&1 || echo "note: bubblewrap (bwrap) is not installed;" \
+	  "code benchmarks will refuse to run (see docs/safety.md)"
+
+$(BIN)/.installed-base: pyproject.toml | sandbox-tools
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e .
