@@ -7,9 +7,12 @@ import numpy as np
 import pytest
 
 from dllm_jax.cli import main
+from dllm_jax.errors import ConfigError
 from dllm_jax.eval.harness import run_eval, score_predictions
 from dllm_jax.eval.metrics import pass_at_k
 from dllm_jax.tasks import get_task
+
+TOWER = "\\boxed{9^{9^{9^{9}}}}"  # sympy would evaluate this power tower for hours
 
 
 def _write(path, rows):
@@ -195,8 +198,8 @@ class IdTokenizer:
 def test_run_eval_with_a_real_tiny_model(tmp_path, data_dir, tiny_llada):
     """The default generator: checkpoint loaded from disk, prompts bucketed and left-padded,
     the compiled sampler, completions cut at EOS; deterministic for a seed."""
-    from dllm_jax.weights.convert import save_checkpoint
     from dllm_jax.sampling import LLaDAConfig
+    from dllm_jax.weights.convert import save_checkpoint
 
     ckpt = save_checkpoint(tiny_llada, tmp_path / "ckpt")
     cfg = LLaDAConfig(steps=4, gen_length=8, block_length=8, temperature=1.0)
@@ -241,3 +244,88 @@ def test_eval_run_cli_parses_as_written(tmp_path, monkeypatch, capsys):
     # a flag the chosen sampler does not take is one error line, before any work
     assert main(["eval", "--model", str(tmp_path), "--tasks", "gsm8k", "--out", str(tmp_path),
                  "--sampler", "llada", "--alpha", "2"]) == 2
+
+
+def test_score_by_dataset_ids_and_out_file(tmp_path, data_dir, capsys):
+    """MATH500 predictions named by index or by unique_id land on the same item; --out has one
+    line per prediction with the extracted answer (JSON null when there is none)."""
+    items = get_task("math500").load(data_dir, limit=3)
+    first, second = items[0], items[1]
+    preds = _write(tmp_path / "p.jsonl", [
+        {"id": first["unique_id"], "completion": f"<answer>\\boxed{{{first['answer']}}}</answer>"},
+        {"id": 0, "completion": "<answer>\\boxed{17}</answer>"},
+        {"id": 1, "completion": "no answer at all"},
+        {"id": second["unique_id"], "completion": TOWER},
+    ])
+    out = tmp_path / "scores" / "math500.jsonl"
+    rc = main(["eval", "score", "--task", "math500", "--data", str(data_dir), "--predictions",
+               str(preds), "--out", str(out), "--timeout", "1", "--json"])
+    cap = capsys.readouterr()
+    assert rc == 0
+    res = json.loads(cap.out)
+    assert res["num_problems"] == 2 and res["num_samples"] == 2
+    assert res["pass@1"] == pytest.approx((1 / 2 + 0 / 2) / 2)
+    assert res["pass@2"] == pytest.approx((1 + 0) / 2)
+    text = out.read_text()
+    assert "None" not in text  # a missing answer is JSON null, not the text of None
+    assert [json.loads(x) for x in text.splitlines()] == [
+        {"id": first["unique_id"], "line": 1, "score": 1.0, "answer": first["answer"],
+         "error": None},
+        {"id": 0, "line": 2, "score": 0.0, "answer": "17", "error": None},
+        {"id": 1, "line": 3, "score": 0.0, "answer": None, "error": None},
+        {"id": second["unique_id"], "line": 4, "score": 0.0, "answer": None,
+         "error": "scoring took longer than the 1 s limit"},
+    ]
+
+
+def test_score_by_own_ids_of_other_data_sets(tmp_path, data_dir):
+    aime = get_task("aime24").load(data_dir, limit=1)[0]
+    assert (aime["id"], aime["source_id"]) == (0, 60)  # AIME 2024's own id of the problem
+    rows = [{"id": 60, "completion": f"\\boxed{{{aime['answer']}}}"}]
+    res = score_predictions("aime24", data_dir, _write(tmp_path / "a.jsonl", rows))
+    assert res["pass@1"] == 1.0
+    he = get_task("humaneval").load(data_dir, limit=1)[0]
+    rows = [{"id": "HumanEval/0", "completion": get_task("humaneval").reference_completion(he)}]
+    assert score_predictions("humaneval", data_dir, _write(tmp_path / "h.jsonl", rows))[
+        "pass@1"] == 1.0
+    with pytest.raises(ConfigError, match="not in the mbpp data"):  # MBPP names are task ids
+        score_predictions("mbpp", data_dir, _write(tmp_path / "m.jsonl", [
+            {"id": 0, "completion": "x"}]))
+
+
+def test_score_refuses_ambiguous_and_null_ids(tmp_path):
+    data = _write(tmp_path / "math.jsonl", [{"problem": "a", "answer": "1", "id": "7"},
+                                            {"problem": "b", "answer": None, "id": "0"}])
+    # "0" is the first record's index and the second record's own id
+    with pytest.raises(ConfigError, match="naming two of its items"):
+        score_predictions("aime25", data, _write(tmp_path / "p.jsonl", [
+            {"id": 0, "completion": "\\boxed{1}"}]))
+    with pytest.raises(ConfigError, match=r'p2.jsonl:1: "id" must be a string or an integer, '
+                                          r"got null"):
+        score_predictions("aime25", data, _write(tmp_path / "p2.jsonl", [
+            {"id": None, "completion": "\\boxed{1}"}]))
+    # a null gold answer matches nothing (not the text "None")
+    res = score_predictions("aime25", data, _write(tmp_path / "p3.jsonl", [
+        {"id": 1, "completion": "\\boxed{None}"}]))
+    assert res["pass@1"] == 0.0
+
+
+def test_score_out_must_be_a_file(tmp_path, data_dir, capsys):
+    preds, _ = _gsm_predictions(tmp_path, data_dir)
+    rc = main(["eval", "score", "--task", "gsm8k", "--data", str(data_dir), "--predictions",
+               str(preds), "--out", str(tmp_path)])
+    cap = capsys.readouterr()
+    assert rc == 2 and cap.out == ""
+    assert cap.err.strip() == f"dllm-jax: error: --out {tmp_path} is a directory; give a file name"
+
+
+@pytest.mark.parametrize("timeout", ["inf", "nan", "0"])
+def test_eval_score_refuses_a_non_finite_timeout(tmp_path, capsys, timeout):
+    from dllm_jax.cli import main
+
+    preds = tmp_path / "p.jsonl"
+    preds.write_text('{"id": 0, "completion": "1"}\n')
+    code = main(["eval", "score", "--task", "gsm8k", "--predictions", str(preds),
+                 "--timeout", timeout])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "--timeout" in err, err

@@ -6,6 +6,10 @@ Data comes from ``../shared/data`` (skipped when absent). Code tasks use their f
 """
 
 import random
+import re
+import signal
+import threading
+import time
 
 import pytest
 
@@ -14,6 +18,9 @@ from dllm_jax.eval.harness import program_runner
 from dllm_jax.tasks import TASKS, CodeTask, extract_code, get_task, solve_countdown
 from dllm_jax.tasks import answers as rewards
 from dllm_jax.tasks.answers import math_equal
+from dllm_jax.tasks.base import Grade
+from dllm_jax.tasks.limits import ScoringTimeout, call_with_time_limit
+from dllm_jax.tasks.maths import MathProblems, math_files
 
 CODE_SUBSET = 20
 SHUFFLED_BOUND = 0.03  # measured: gsm8k 1.1%, math500 1.2%, sudoku 0.6% (repeated answers)
@@ -225,3 +232,179 @@ def test_unknown_task_and_missing_file(tmp_path):
     bad.write_text('{"question": "q"}\n')
     with pytest.raises(ConfigError, match=r"has no field 'answer' \(record 0\)"):
         get_task("gsm8k").load(bad)
+
+
+# ----------------------------------------------------------------------------- hostile output
+
+def test_extractor_hand_cases():
+    boxed = rewards.extract_boxed
+    assert boxed("\\boxed{\\frac{1}{2}}") == "\\frac{1}{2}"  # nested braces belong to the box
+    assert boxed("\\boxed{1} and \\boxed{2}") == "2"  # the last box wins
+    assert boxed("\\boxed{\\boxed{1} + 2}") == "1"  # the box that starts last is the inner one
+    assert boxed("\\boxed{1} then \\boxed{2") == "1"  # a truncated last box is skipped
+    assert boxed("\\boxed{a{b}c}") == "a{b}c" and boxed("\\boxed{{}") is None
+    assert boxed("\\fbox{7}") == "7" and boxed("\\boxed \n {8}") == "8"
+    assert boxed("x \\boxed 5$ y") == "5" and boxed("\\boxed 5 then \\boxed{") is None
+    assert boxed("\\boxed{ \u00e9t\u00e9 }") == "\u00e9t\u00e9"  # offsets survive UTF-8
+    assert boxed("\\boxed{" + "1" * 1001 + "}") is None  # longer than MAX_ANSWER_CHARS
+    assert boxed("\\boxed{" + "1" * 1000 + "}") == "1" * 1000
+    tag = rewards.extract_answer_tag
+    assert tag("<answer>a<answer>b</answer>") == "a<answer>b"  # a block ends at its first close
+    assert tag("<answer>a</answer></answer>") == "a"
+    assert tag("<answer>a</answer> <answer>b") == "a"
+    assert tag("<answer>" + "x" * 1001 + "</answer>") is None
+    number = rewards.extract_last_number
+    assert number("1.2.3") == ".3" and number("on 2023-10-05") == "-05"
+    assert number("12,") == "12" and number("no digits") is None
+    assert number("x " + "1" * 100) == "1" * 100 and number("x " + "1" * 101) is None
+    final = rewards.extract_final_answer
+    assert final("<answer>so \\boxed{3}</answer> \\boxed{4}") == "3"  # the tag comes first
+    assert final("<answer>" + "w" * 2000 + " \\boxed{5}</answer>") == "5"  # a long tag's box
+    assert final("\\boxed{" + "{" * 5 + "}" * 5, number_fallback=True) is None
+
+
+def _reference_boxed(text):
+    """The last closed box, by trying every opener with a brace counter (quadratic)."""
+    best = None
+    for m in re.finditer(r"\\(?:boxed|fbox)[ \t\n]*\{", text):
+        depth = 1
+        for j in range(m.end(), len(text)):
+            depth += {"{": 1, "}": -1}.get(text[j], 0)
+            if depth == 0:
+                best = text[m.end():j]
+                break
+    if best is None:
+        m = re.match(r"\\boxed +([^\s$]+)", text[max(text.rfind("\\boxed"), 0):])
+        best = m.group(1) if m else None
+    return None if best is None else best.strip()
+
+
+def test_linear_extractors_agree_with_the_regexes():
+    """On short random strings the scanners give what the plain regexes give."""
+    rng = random.Random(0)
+    tag_re = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+    number_re = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+    format_re = re.compile(r"\s*<reasoning>.*?</reasoning>\s*<answer>.*?</answer>\s*", re.DOTALL)
+    code_re = re.compile(r"```(?:python|py|Python)?[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+    pieces = ["<answer>", "</answer>", "<reasoning>", "</reasoning>", "\\boxed", "\\fbox", "{",
+              "}", " ", "\n", "1", ",", ".", "-", "$", "x", "```", "py"]
+    for _ in range(20000):
+        s = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 10)))
+        tags = tag_re.findall(s)
+        assert rewards.extract_answer_tag(s) == (tags[-1].strip() if tags else None), s
+        numbers = number_re.findall(s)
+        assert rewards.extract_last_number(s) == (
+            numbers[-1].replace(",", "") if numbers else None), s
+        assert rewards.extract_boxed(s) == _reference_boxed(s), s
+        assert rewards.format_reward(s) == (1.0 if format_re.fullmatch(s) else 0.0), s
+        code = code_re.search(s)
+        assert extract_code(s) == (code.group(1) if code else s), s
+
+
+MB = 10_000_000
+HOSTILE = {
+    "repeated boxed": "\\boxed{" * (MB // 7),
+    "repeated answer": "<answer>" * (MB // 8),
+    "digits": "7" * MB,
+    "nested braces": "\\boxed{" + "{" * (MB // 2) + "}" * (MB // 2),
+    "boxed pairs": "\\boxed{{}" * (MB // 9),
+    "huge tag": "<answer>\\boxed{" + "{" * (MB // 2) + "}" * (MB // 2 + 1) + "</answer>",
+}
+# Which "hostile text + reference completion" still score: the reference's <answer> block is the
+# last one, except after repeated "<answer>", where the last block opens at the first unclosed
+# tag and runs megabytes (no answer), unless a box inside it holds the answer (MATH style).
+SOLVED_AFTER = {"repeated answer": {"math500"}}
+
+
+@pytest.mark.parametrize("name", ["gsm8k", "math500", "countdown", "sudoku"])
+def test_hostile_completions_score_within_two_seconds(name, data_dir):
+    task = get_task(name)
+    item = task.load(data_dir, limit=1)[0]
+    reference = task.reference_completion(item)
+    for kind, junk in HOSTILE.items():
+        for completion, want in [(junk, False),
+                                 (junk + reference, name in SOLVED_AFTER.get(kind, {name}))]:
+            start = time.monotonic()
+            (grade,) = task.grade_many([(item, completion)])
+            took = time.monotonic() - start
+            assert took < 2.0, (kind, took)
+            assert grade.solved is want and grade.error is None, (kind, grade)
+            assert task.reward(item, completion) == float(want), kind
+
+
+# ----------------------------------------------------------------------------- time limits
+
+TOWER = "\\boxed{9^{9^{9^{9}}}}"  # sympy evaluates the power tower: hours of integer maths
+
+
+def test_time_limit_stops_math_verify_and_records_the_error():
+    task = get_task("math500")
+    item = {"problem": "p", "answer": "1", "id": 0}
+    previous = signal.getsignal(signal.SIGALRM)
+    start = time.monotonic()
+    grades = task.grade_many([(item, TOWER), (item, "\\boxed{1}")], time_limit_s=1.0)
+    assert time.monotonic() - start < 3.0
+    assert grades[0] == Grade(solved=False, answer=None,
+                              error="scoring took longer than the 1 s limit")
+    assert grades[1] == Grade(solved=True, answer="1")
+    assert signal.getsignal(signal.SIGALRM) is previous
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    assert math_equal("2\\sqrt{2}", "\\sqrt{8}")  # math-verify still works afterwards
+
+
+class Spinning(MathProblems):
+    """A task whose scoring never ends (in Python code), to test limits off the main thread."""
+
+    def solved(self, item, completion):
+        while True:
+            time.sleep(0)
+
+
+def test_time_limit_off_the_main_thread():
+    task = Spinning(name="spin", data=math_files("x.jsonl"))
+    out = {}
+
+    def run():
+        start = time.monotonic()
+        out["grades"] = task.grade_many([({"answer": "1"}, "x")], time_limit_s=0.5)
+        out["took"] = time.monotonic() - start
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive()
+    assert out["grades"][0].error == "scoring took longer than the 0.5 s limit"
+    assert out["took"] < 2.0
+
+
+def _spin(seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+@pytest.mark.parametrize("in_thread", [False, True])
+def test_time_limit_leaves_no_stray_timeout(in_thread):
+    """Calls that end right at their deadline: a timeout is raised inside the call or not at
+    all, never afterwards."""
+    errors = []
+
+    def run():
+        try:
+            for _ in range(25):
+                try:
+                    call_with_time_limit(lambda: _spin(0.02), 0.02)
+                except ScoringTimeout:
+                    pass
+                _spin(0.03)
+            assert call_with_time_limit(lambda: 7, 1.0) == 7
+        except BaseException as e:  # a stray ScoringTimeout lands here
+            errors.append(e)
+
+    if in_thread:
+        worker = threading.Thread(target=run)
+        worker.start()
+        worker.join(30)
+    else:
+        run()
+    assert errors == []

@@ -8,6 +8,7 @@ parse as written.
 from __future__ import annotations
 
 import argparse
+import math
 import json
 from pathlib import Path
 
@@ -36,8 +37,12 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--workers", type=int, default=2, help="code sandbox processes at once")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds per code program")
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds per code program, and per answer check of other tasks")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--unsafe-no-isolation", action="store_true",
+                   help="run model-written code WITHOUT OS isolation when bubblewrap (bwrap) is "
+                        "unavailable: resource limits only, no namespaces (see docs/safety.md)")
     add_sampler_arguments(p)
     p.set_defaults(func=_run)
 
@@ -46,25 +51,39 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     s = sub.add_parser("score", help="score a predictions JSONL file (no model)")
     s.add_argument("--task", required=True, help="task name, e.g. gsm8k")
     s.add_argument("--data", help="dataset file, directory or HF name (default: HF hub)")
-    s.add_argument("--predictions", required=True, help='JSONL of {"id", "completion"}')
+    s.add_argument("--predictions", required=True,
+                   help='JSONL of {"id", "completion"}; an id is the item\'s index or task_id, '
+                        "or the data set's own id (e.g. MATH500's unique_id)")
+    s.add_argument("--out", metavar="FILE",
+                   help="also write one JSON line per prediction to this file "
+                        '({"id", "line", "score", "answer", "error"})')
     s.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     s.add_argument("--workers", type=int, default=2, help="code sandbox processes at once")
-    s.add_argument("--timeout", type=float, default=10.0, help="seconds per code program")
+    s.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds per code program, and per answer check of other tasks")
+    s.add_argument("--unsafe-no-isolation", action="store_true",
+                   help="run model-written code WITHOUT OS isolation when bubblewrap (bwrap) is "
+                        "unavailable: resource limits only, no namespaces (see docs/safety.md)")
     s.set_defaults(func=_score)
 
 
 def _sandbox_config(args: argparse.Namespace) -> SandboxConfig:
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
-    return SandboxConfig(timeout_s=args.timeout)
+    if not math.isfinite(args.timeout) or args.timeout <= 0:
+        raise ConfigError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    return SandboxConfig(timeout_s=args.timeout, allow_unsafe=args.unsafe_no_isolation)
 
 
 def _score(args: argparse.Namespace) -> int:
     task = get_task(args.task)
     if not Path(args.predictions).is_file():
         raise FileNotFoundError(f"--predictions {args.predictions} does not exist")
+    if args.out is not None and Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out} is a directory; give a file name")
     res = harness.score_predictions(task, args.data, args.predictions, workers=args.workers,
-                                    sandbox_config=_sandbox_config(args))
+                                    sandbox_config=_sandbox_config(args),
+                                    time_limit_s=args.timeout, out=args.out)
     if args.json:
         print(json.dumps(res))
         return 0
@@ -88,7 +107,8 @@ def _run(args: argparse.Namespace) -> int:
     summaries = harness.run_eval(args.model, tasks, args.limit, args.samples, config, args.out,
                                  args.seed, data_dir=args.data_dir,
                                  batch_size=args.batch_size, workers=args.workers,
-                                 sandbox_config=_sandbox_config(args), dtype=args.dtype,
+                                 sandbox_config=_sandbox_config(args),
+                                 time_limit_s=args.timeout, dtype=args.dtype,
                                  progress=not args.no_progress)
     for name, s in summaries.items():
         print(f"{name}: pass@1 {100 * s['pass@1']:.2f}% ± {100 * s['pass@1_stderr']:.2f} "

@@ -22,7 +22,7 @@ from dllm_jax.errors import ConfigError
 from dllm_jax.eval.metrics import default_ks, mean_and_stderr, pass_at_k
 from dllm_jax.eval.sandbox import SandboxConfig, run_programs
 from dllm_jax.sampling import generate
-from dllm_jax.tasks.base import Item, RunPrograms, Task
+from dllm_jax.tasks.base import ITEM_TIME_LIMIT_S, Grade, Item, RunPrograms, Task
 from dllm_jax.tasks.registry import get_task, parse_task_list
 from dllm_jax.weights.convert import from_pretrained
 
@@ -45,17 +45,28 @@ def program_runner(sandbox_config: SandboxConfig | None = None, workers: int = 2
     return run
 
 
-def read_predictions(path: str | os.PathLike[str]) -> dict[str, list[str]]:
-    """``{"id", "completion"}`` JSONL -> completions per ``str(id)`` (file order kept).
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """One line of a predictions file: its ``line`` number, its ``id`` as written (a string or
+    an integer) and its ``completion``."""
+
+    line: int
+    id: str | int
+    completion: str
+
+
+def read_predictions(path: str | os.PathLike[str]) -> list[Prediction]:
+    """``{"id", "completion"}`` JSONL -> predictions in file order.
 
     Raises:
       FileNotFoundError: no such file.
-      ConfigError: a line that is not such an object, or an empty file.
+      ConfigError: a line that is not such an object (the id a string or an integer), or an
+        empty file.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"predictions file {path} does not exist")
-    out: dict[str, list[str]] = {}
+    out: list[Prediction] = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -64,13 +75,32 @@ def read_predictions(path: str | os.PathLike[str]) -> dict[str, list[str]]:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ConfigError(f"{path}:{lineno}: not JSON: {e}") from None
-            if not isinstance(rec, dict) or "id" not in rec or not isinstance(
-                    rec.get("completion"), str):
+            if not isinstance(rec, dict) or not isinstance(rec.get("completion"), str):
                 raise ConfigError(f"{path}:{lineno}: expected {{\"id\", \"completion\": str}}")
-            out.setdefault(str(rec["id"]), []).append(rec["completion"])
+            key = rec.get("id")
+            if isinstance(key, bool) or not isinstance(key, str | int):
+                raise ConfigError(f"{path}:{lineno}: \"id\" must be a string or an integer, "
+                                  f"got {json.dumps(key)}")
+            out.append(Prediction(line=lineno, id=key, completion=rec["completion"]))
     if not out:
         raise ConfigError(f"{path}: no predictions")
     return out
+
+
+def items_by_key(items: Sequence[Item]) -> dict[str, Item]:
+    """The items under every name a prediction may give them: ``str(id)`` and, where the data
+    set names its records, ``str(source_id)`` (MATH500's ``unique_id``, AIME's ``id``).
+
+    A name that two different items answer to is left out (a prediction using it is refused).
+    """
+    named: dict[str, Item] = {}
+    clashes: set[str] = set()
+    for item in items:
+        for key in {str(item["id"]), str(item.get("source_id", item["id"]))}:
+            if key in named and named[key] is not item:
+                clashes.add(key)
+            named.setdefault(key, item)
+    return {k: v for k, v in named.items() if k not in clashes}
 
 
 def summarize(task_name: str, correct: dict[str, Sequence[bool]],
@@ -110,16 +140,25 @@ def summarize(task_name: str, correct: dict[str, Sequence[bool]],
 def score_predictions(task: str | Task, data_path: str | os.PathLike[str] | None,
                       predictions_jsonl: str | os.PathLike[str], *,
                       ks: Sequence[int] | None = None, workers: int = 2,
-                      sandbox_config: SandboxConfig | None = None) -> dict[str, Any]:
+                      sandbox_config: SandboxConfig | None = None,
+                      time_limit_s: float | None = ITEM_TIME_LIMIT_S,
+                      out: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Scores a predictions file against a dataset (no model needed).
 
     Args:
       task: task name or :class:`Task`.
       data_path: dataset file / directory / HF name (None: the task's HF default).
-      predictions_jsonl: ``{"id", "completion"}`` lines, several per id for pass@k.
+      predictions_jsonl: ``{"id", "completion"}`` lines, several per id for pass@k; an id is
+        the item's ``id`` (its index, or its ``task_id``) or the data set's own id of the
+        record (e.g. MATH500's ``unique_id``).
       ks: the k's to report (default powers of two up to the samples per problem).
       workers: sandbox processes at once for code tasks.
       sandbox_config: sandbox limits for code tasks.
+      time_limit_s: wall-clock limit for scoring one non-code completion (see
+        :meth:`~dllm_jax.tasks.base.Task.grade_many`).
+      out: if given, this file gets one JSON line per prediction, in file order:
+        ``{"id" (as written), "line", "score" (1.0 solved, else 0.0), "answer" (the extracted
+        answer, null if none), "error" (null if none)}``.
 
     Returns:
       :func:`summarize`'s dict over the problems that have predictions.
@@ -129,17 +168,26 @@ def score_predictions(task: str | Task, data_path: str | os.PathLike[str] | None
     """
     t = _as_task(task)
     preds = read_predictions(predictions_jsonl)
-    items = {str(it["id"]): it for it in t.load(data_path)}
-    unknown = [i for i in preds if i not in items]
+    items = items_by_key(t.load(data_path))
+    unknown = [p.id for p in preds if str(p.id) not in items]
     if unknown:
-        raise ConfigError(f"{len(unknown)} prediction id(s) not in the {t.name} data, "
-                          f"e.g. {unknown[0]!r}")
-    pairs = [(items[i], c) for i, cs in preds.items() for c in cs]
-    ok = t.score_many(pairs, program_runner(sandbox_config, workers))
+        raise ConfigError(f"{len(unknown)} prediction id(s) not in the {t.name} data (or "
+                          f"naming two of its items), e.g. {unknown[0]!r}")
+    pairs = [(items[str(p.id)], p.completion) for p in preds]
+    grades = t.grade_many(pairs, program_runner(sandbox_config, workers), time_limit_s)
+    if out is not None:
+        _write_lines(Path(out), [{"id": p.id, "line": p.line, "score": float(g.solved),
+                                  "answer": g.answer, "error": g.error}
+                                 for p, g in zip(preds, grades, strict=True)])
     correct: dict[str, list[bool]] = {}
-    for (item, _), passed in zip(pairs, ok, strict=True):
-        correct.setdefault(str(item["id"]), []).append(bool(passed))
+    for (item, _), g in zip(pairs, grades, strict=True):
+        correct.setdefault(str(item["id"]), []).append(g.solved)
     return summarize(t.name, correct, ks)
+
+
+def _write_lines(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
 
 
 # ----------------------------------------------------------------------------- run_eval
@@ -150,11 +198,14 @@ def run_eval(model_dir: str | os.PathLike[str] | None, tasks: Sequence[str | Tas
              data_dir: str | os.PathLike[str] | None = None, batch_size: int | None = None,
              generate_fn: GenerateFn | None = None, tokenizer: Any = None,
              workers: int = 2, sandbox_config: SandboxConfig | None = None,
-             dtype: str = "float32", progress: bool = True) -> dict[str, Any]:
+             time_limit_s: float | None = ITEM_TIME_LIMIT_S, dtype: str = "float32",
+             progress: bool = True) -> dict[str, Any]:
     """Generates ``samples`` completions per item, scores them, and writes results (resumable).
 
     Per task, ``out_dir/<task>/results.jsonl`` gets one line per item as soon as it is scored
-    (``{"id", "index", "completions", "correct"}``); a restarted run skips the ids already there.
+    (``{"id", "index", "completions", "correct", "answers", "errors"}``: per completion, whether
+    it solved the item, the answer extracted from it (null if none) and why it was not judged
+    (null, or e.g. the time limit)); a restarted run skips the ids already there.
     At the end ``out_dir/summary.json`` and ``out_dir/summary.md`` hold pass@k per task and the
     full generation config. The key for item ``i``'s chunk ``j`` is
     ``fold_in(fold_in(key(seed), i), j)``, so results do not depend on where a run was resumed.
@@ -174,6 +225,7 @@ def run_eval(model_dir: str | os.PathLike[str] | None, tasks: Sequence[str | Tas
       tokenizer: replaces the tokenizer saved in ``model_dir``.
       workers: sandbox processes at once for code tasks.
       sandbox_config: sandbox limits for code tasks.
+      time_limit_s: wall-clock limit for scoring one non-code completion.
       dtype: model dtype for the default generator.
       progress: show a tqdm bar.
 
@@ -192,7 +244,9 @@ def run_eval(model_dir: str | os.PathLike[str] | None, tasks: Sequence[str | Tas
     runner = program_runner(sandbox_config, workers)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summaries = {t.name: _eval_task(t, items[t.name], out / t.name, sample, runner, progress)
+    summaries = {t.name: _eval_task(t, items[t.name], out / t.name, sample,
+                                    functools.partial(t.grade_many, run_programs=runner,
+                                                      time_limit_s=time_limit_s), progress)
                  for t in task_list}
     _write_summary(out, summaries, {
         "model": str(model_dir), "seed": seed, "samples": samples, "limit": limit,
@@ -221,7 +275,8 @@ def _check_run(tasks: Sequence[str | Task] | str, limit: int | None, samples: in
 
 
 def _eval_task(task: Task, items: list[Item], task_dir: Path, sample: SampleFn,
-               runner: RunPrograms, progress: bool) -> dict[str, Any]:
+               grade: Callable[[list[tuple[Item, str]]], list[Grade]],
+               progress: bool) -> dict[str, Any]:
     """Generates and scores the items not yet in ``task_dir/results.jsonl`` (one line each,
     written as soon as it is scored) and summarises the task over all its items."""
     task_dir.mkdir(exist_ok=True)
@@ -233,10 +288,11 @@ def _eval_task(task: Task, items: list[Item], task_dir: Path, sample: SampleFn,
             disable=not progress) as bar:
         for index, item in todo:
             completions = sample(task, item, index)
-            correct = task.score_many([(item, c) for c in completions], runner)
+            grades = grade([(item, c) for c in completions])
             done[str(item["id"])] = _append_result(f, {
                 "id": item["id"], "index": index, "completions": completions,
-                "correct": [bool(x) for x in correct]})
+                "correct": [g.solved for g in grades], "answers": [g.answer for g in grades],
+                "errors": [g.error for g in grades]})
             bar.update(1)
     wanted = {str(it["id"]) for it in items}
     return summarize(task.name, {i: r["correct"] for i, r in done.items() if i in wanted})

@@ -14,22 +14,31 @@ import re
 from collections.abc import Sequence
 
 from dllm_jax.errors import ConfigError
-from dllm_jax.tasks.base import DataFiles, Item, RunPrograms, Task
+from dllm_jax.tasks.base import ITEM_TIME_LIMIT_S, DataFiles, Grade, Item, RunPrograms, Task
 
 HUMANEVAL_PROMPT = ("Complete the following Python function. Reply with the whole function in "
                     "a ```python code block.\n```python\n{prompt}```")
 MBPP_PROMPT = ("You are an expert Python programmer. {text}\nYour code should pass these "
                "tests:\n{tests}\nReply with the code in a ```python code block.")
 
-_CODE_BLOCK = re.compile(r"```(?:python|py|Python)?[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+_FENCE = "```"
 
 
 def extract_code(completion: str) -> str:
-    """The first fenced code block (an unclosed one runs to the end), else the whole text."""
+    """The first fenced code block (an unclosed one runs to the end), else the whole text.
+
+    A block starts on the line after the first fence (the rest of the fence's line, e.g. a
+    language name, is dropped) and ends at the next fence; a fence with no line after it opens
+    no block. A few string searches, so linear in the completion.
+    """
     if not isinstance(completion, str):
         return ""
-    m = _CODE_BLOCK.search(completion)
-    return m.group(1) if m else completion
+    fence = completion.find(_FENCE)
+    newline = completion.find("\n", fence + len(_FENCE)) if fence >= 0 else -1
+    if newline < 0:
+        return completion
+    end = completion.find(_FENCE, newline + 1)
+    return completion[newline + 1:] if end < 0 else completion[newline + 1:end]
 
 
 class CodeTask(Task):
@@ -43,13 +52,21 @@ class CodeTask(Task):
         raise ConfigError(f"task {self.name}: code is scored by running it (score_many with a "
                           f"program runner)")
 
-    def score_many(self, pairs: Sequence[tuple[Item, str]],
-                   run_programs: RunPrograms | None = None) -> list[bool]:
-        """Whether each program passes its tests, run by ``run_programs``."""
+    def answer_of(self, completion: str) -> str | None:
+        """The code the completion gives (:func:`extract_code`)."""
+        return extract_code(completion)
+
+    def grade_many(self, pairs: Sequence[tuple[Item, str]],
+                   run_programs: RunPrograms | None = None,
+                   time_limit_s: float | None = ITEM_TIME_LIMIT_S) -> list[Grade]:
+        """Whether each program passes its tests, run by ``run_programs`` under the runner's
+        own limits (``time_limit_s`` is not used)."""
         if run_programs is None:
             raise ConfigError(f"task {self.name}: scoring code needs a program runner "
                               f"(dllm_jax.eval.harness.program_runner)")
-        return run_programs([self.program(item, completion) for item, completion in pairs])
+        passed = run_programs([self.program(item, completion) for item, completion in pairs])
+        return [Grade(solved=bool(ok), answer=self.answer_of(completion))
+                for (_, completion), ok in zip(pairs, passed, strict=True)]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -71,7 +88,8 @@ class HumanEval(CodeTask):
     def program(self, item: Item, completion: str) -> str:
         code = extract_code(completion)
         entry = item["entry_point"]
-        if not re.search(rf"^\s*def\s+{re.escape(entry)}\s*\(", code, re.MULTILINE):
+        # [^\S\n]: indentation within the line (\s* could run over many blank lines per "^").
+        if not re.search(rf"^[^\S\n]*def\s+{re.escape(entry)}\s*\(", code, re.MULTILINE):
             code = item["prompt"] + code  # a function body continuing the stub
         else:
             code = item["prompt"] + "    pass\n\n" + code  # keep the stub's imports

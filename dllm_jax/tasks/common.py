@@ -12,7 +12,6 @@ from typing import Any, Literal
 
 import numpy as np
 
-from dllm_jax.tasks.answers import extract_answer_tag
 from dllm_jax.tasks.base import Item, Task, answer_block
 
 Split = Literal["train", "test"]
@@ -76,10 +75,6 @@ class Puzzle(Task):
     @abc.abstractmethod
     def solution(self, item: Example | Item) -> str:
         """A bare answer that :meth:`verify` accepts."""
-
-    def answer_of(self, completion: str) -> str | None:
-        """The bare answer a worded completion commits to: its last ``<answer>`` block."""
-        return extract_answer_tag(completion)
 
     def reward(self, item: Item, completion: str) -> float:
         answer = self.answer_of(completion)

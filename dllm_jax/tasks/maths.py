@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from dllm_jax.tasks.answers import extract_hash_answer, gsm8k_reward, math_reward
+from dllm_jax.tasks.answers import (
+    extract_final_answer,
+    extract_hash_answer,
+    gsm8k_reward,
+    math_reward,
+    warm_up_math_verify,
+)
 from dllm_jax.tasks.base import FORMAT_TAIL, DataFiles, Item, Task, answer_block
 
 SYSTEM_PROMPT = ("You are a careful mathematician. Work through the problem below step by "
@@ -37,6 +43,13 @@ class GSM8K(Task):
         reasoning = item["answer"].rsplit("####", 1)[0].strip()
         return answer_block(reasoning, self.gold_answer(item))
 
+    def answer_of(self, completion: str) -> str | None:
+        """The tagged or boxed answer, else the last number."""
+        return extract_final_answer(completion, number_fallback=True)
+
+    def warm_up(self) -> None:
+        warm_up_math_verify()  # a non-numeric answer is checked by math-verify
+
     def reward(self, item: Item, completion: str) -> float:
         return gsm8k_reward(completion, self.gold_answer(item))
 
@@ -51,11 +64,21 @@ class MathProblems(Task):
     def prompt_text(self, item: Item) -> str:
         return f"{SYSTEM_PROMPT}\n\n{item['problem']}"
 
-    def gold_answer(self, item: Item) -> str:
-        return str(item["answer"])
+    def gold_answer(self, item: Item) -> str | None:
+        """The ``answer`` field as text (AIME files hold numbers); None where it is null, which
+        no completion matches."""
+        answer = item["answer"]
+        return None if answer is None else str(answer)
 
     def reference_completion(self, item: Item) -> str:
-        return answer_block("See the solution.", f"\\boxed{{{self.gold_answer(item)}}}")
+        return answer_block("See the solution.", f"\\boxed{{{self.gold_answer(item) or ''}}}")
+
+    def answer_of(self, completion: str) -> str | None:
+        """The tagged or boxed answer (no number fallback)."""
+        return extract_final_answer(completion)
+
+    def warm_up(self) -> None:
+        warm_up_math_verify()
 
     def reward(self, item: Item, completion: str) -> float:
         return math_reward(completion, self.gold_answer(item))
