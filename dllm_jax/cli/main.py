@@ -1,4 +1,4 @@
-"""The ``dllm-jax`` command: convert, generate, trajectory, eval, train, demo."""
+"""The ``dllm-jax`` command: convert, generate, trajectory, eval, train, demo, serve."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ _PLUGINS = [
     ("dllm_jax.cli.eval", "add_eval_parser"),
     ("dllm_jax.cli.train", "add_train_parser"),
     ("dllm_jax.cli.demo", "add_demo_parser"),
+    ("dllm_jax.cli.serve", "add_serve_parser"),
 ]
 
 
