@@ -128,4 +128,5 @@ def test_cli_lists_every_command():
     from dllm_jax.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert set(sub.choices) == {"convert", "generate", "trajectory", "eval", "train", "demo"}
+    assert set(sub.choices) == {"convert", "generate", "trajectory", "eval", "train", "demo",
+                                "serve"}
