@@ -76,8 +76,8 @@ def main() -> None:
     import torch
     import transformers
 
-    from dllm_jax.weights import convert as convert
     from dllm_jax.sampling import LLaDAConfig, generate
+    from dllm_jax.weights import convert as convert
 
     print(f"config: {vars(args)}")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus; "

@@ -46,7 +46,7 @@ def main() -> None:
     size_mb = sum(p.stat().st_size for p in hf_dir.glob("*.safetensors")) / 2**20
     largest = 32000 * args.hidden * 4 / 2**20
     base_rss, _ = _peak_rss_mb([sys.executable, "-c",
-                                "import jax, jax.numpy as jnp, dllm_jax.weights.convert, orbax.checkpoint;"
+                                "import jax, jax.numpy as jnp, dllm_jax.weights, orbax.checkpoint;"
                                 "jnp.ones(3).block_until_ready()"])
     out = work / "ckpt"
     conv_rss, secs = _peak_rss_mb([sys.executable, "-m", "dllm_jax.cli", "convert", "hf-to-orbax",

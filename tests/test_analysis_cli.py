@@ -1,15 +1,25 @@
 """Trajectory metrics and zones on a hand-built sequence; the generate/trajectory CLI."""
 
 import json
+import re
 
 import numpy as np
 import pytest
-
-from dllm_jax.analysis.zones import auc, confusion_zones, step_metrics, zscore
-from dllm_jax.cli import main
-from dllm_jax.weights.convert import save_checkpoint
-from dllm_jax.sampling.record import step_stats
 from helpers import sharpened, tiny_model
+
+from dllm_jax.analysis.zones import (
+    auc,
+    confusion_zones,
+    roec,
+    step_metrics,
+    zone_features,
+    zone_report,
+    zscore,
+)
+from dllm_jax.cli import main
+from dllm_jax.sampling import DreamConfig, generate
+from dllm_jax.sampling.record import Trajectory, step_stats
+from dllm_jax.weights.convert import save_checkpoint
 
 
 def _hand_built():
@@ -52,6 +62,98 @@ def test_zone_detection_finds_the_spike():
     assert zscore(np.ones(4)).tolist() == [0, 0, 0, 0]
 
 
+def test_roec_skips_invalid_steps_and_restarts_at_each_block():
+    """Two blocks of 4 steps; steps 2, 5 and 7 committed nothing (their H is garbage)."""
+    h = np.array([1.0, 0.5, 9.0, 0.2, 2.0, 9.0, 1.0, 9.0])
+    valid = np.array([1, 1, 0, 1, 1, 0, 1, 0], bool)
+    expect = [0, 0.5, 0, 0.3, 0, 0, 1.0, 0]  # |0.2 - 0.5| across the gap; 0 at the block start
+    np.testing.assert_allclose(roec(h, valid, steps_per_block=4), expect, atol=1e-12)
+    np.testing.assert_allclose(roec(h, valid, steps_per_block=4, relative=True),
+                               [0, 0.5, 0, 0.6, 0, 0, 0.5, 0], atol=1e-6)
+    probs, masked = _hand_built()
+    m = step_metrics(probs, masked, valid_T=valid, steps_per_block=4)
+    assert (m["entropy"][~valid] == 0).all() and (m["margin"][~valid] == 0).all()
+    assert m["roec"][4] == 0 and m["roec"][5] == 0  # block start, then an invalid step
+
+
+def _insert_invalid_steps(rng, profiles, n_extra):
+    """Inserts ``n_extra`` invalid steps with garbage values at random places (the same places
+    in every row); returns the padded profiles, the padded valid mask and where each original
+    step went."""
+    t = profiles[0].shape[1]
+    slots = np.sort(rng.choice(t + n_extra, n_extra, replace=False))
+    keep = np.setdiff1d(np.arange(t + n_extra), slots)
+    padded = []
+    for x in profiles:
+        out = rng.uniform(-5, 5, (x.shape[0], t + n_extra))
+        out[:, keep] = x
+        padded.append(out)
+    valid = np.zeros((profiles[0].shape[0], t + n_extra), bool)
+    valid[:, keep] = True
+    return padded, valid, keep
+
+
+def test_zone_statistics_ignore_inserted_invalid_steps():
+    rng = np.random.default_rng(0)
+    b, t = 6, 24
+    h = rng.uniform(0.5, 2.0, (b, t))
+    cm = rng.uniform(0.3, 0.9, (b, t))
+    cm[:, 10:12] = 0.02  # a margin collapse: at least one zone per row
+    r = np.abs(rng.normal(0, 0.1, (b, t)))
+    (hp, cmp, rp), valid, pos = _insert_invalid_steps(rng, [h, cm, r], 9)
+    base = zone_features(h, cm, r)
+    padded = zone_features(hp, cmp, rp, valid_BT=valid)
+    assert base["num_zones"].min() >= 1
+    for name in base:
+        np.testing.assert_allclose(padded[name], base[name], rtol=1e-12, err_msg=name)
+    for row in range(b):
+        want = [(int(pos[z.start]), int(pos[z.end - 1]) + 1, z.num_steps, z.peak)
+                for z in confusion_zones(r[row], cm[row])]
+        got = [(z.start, z.end, z.num_steps, z.peak)
+               for z in confusion_zones(rp[row], cmp[row], valid_T=valid[row])]
+        assert got == want
+        np.testing.assert_allclose(zscore(1 - cmp[row], valid=valid[row])[pos],
+                                   zscore(1 - cm[row]), rtol=1e-12)
+    correct = np.array([1, 0, 1, 1, 0, 0], bool)
+
+    def traj(hh, cc, rr, vv):
+        z = np.zeros_like(hh)
+        return Trajectory(step_map=None, confidence=None, entropy=hh, margin=cc, roec=rr,
+                          num_committed=z, valid=vv)
+
+    assert zone_report(traj(hp, cmp, rp, valid), correct) == zone_report(
+        traj(h, cm, r, np.ones((b, t), bool)), correct)
+
+
+def test_recorded_roec_has_no_jump_at_gaps_or_block_starts(sharp_dream):
+    """Dream's ``origin`` commits nothing at some steps; two blocks of four steps."""
+    cfg = DreamConfig(steps=8, max_new_tokens=8, block_length=4, alg="origin", temperature=0.7)
+    prompt = np.array([[3, 17, 22, 9, 41], [12, 5, 30, 2, 8]], np.int32)
+    traj = generate(sharp_dream, prompt, config=cfg, key=5, record=True).trajectory
+    h, r = np.asarray(traj.entropy, np.float64), np.asarray(traj.roec)
+    ncom, valid = np.asarray(traj.num_committed), np.asarray(traj.valid)
+    np.testing.assert_array_equal(valid, ncom > 0)
+    assert (~valid).any() and valid.any(1).all()
+    smap = np.asarray(traj.step_map)
+    for row in range(2):  # the valid steps are exactly the steps some position was committed at
+        assert set(np.flatnonzero(valid[row])) == set(smap[row].tolist())
+    expect = np.zeros_like(h)
+    for row in range(2):
+        prev = None
+        for t in range(8):
+            if t % 4 == 0:
+                prev = None  # a new block: H now averages over other positions
+            if valid[row, t]:
+                expect[row, t] = 0.0 if prev is None else abs(h[row, t] - h[row, prev])
+                prev = t
+    np.testing.assert_allclose(r, expect, atol=1e-6)
+    assert (np.asarray(traj.entropy)[~valid] == 0).all()
+    assert (np.asarray(traj.margin)[~valid] == 0).all()
+    # The naive |H_t - H_{t-1}| over all steps would differ: this trajectory has the gaps.
+    naive = np.abs(np.diff(h, axis=1, prepend=h[:, :1]))
+    assert np.abs(naive - expect).max() > 1.0
+
+
 def test_auc():
     assert auc([3, 2, 1, 0], [1, 1, 0, 0]) == 1.0
     assert auc([0, 1, 2, 3], [1, 1, 0, 0]) == 0.0
@@ -80,11 +182,21 @@ def test_generate_cli_json(ckpt, capsys, tmp_path):
 
 def test_trajectory_cli_plot(ckpt, capsys, tmp_path):
     png = tmp_path / "t.png"
-    rc = main(["trajectory", "--model", str(ckpt), "--prompt-ids", "3,4,5", "--gen-length", "8",
-               "--steps", "8", "--block-length", "8", "--plot", str(png), "--json"])
+    page = tmp_path / "t.html"
+    rc = main(["trajectory", "--model", str(ckpt), "--prompt-ids", "3,4,5;6,7", "--gen-length",
+               "8", "--steps", "8", "--block-length", "8", "--plot", str(png), "--html",
+               str(page), "--json"])
     assert rc == 0 and png.stat().st_size > 1000
     out = json.loads(capsys.readouterr().out)
     assert len(out["steps"][0]["entropy"]) == 8 and "zones" in out["steps"][0]
+    assert out["steps"][0]["valid"] == [True] * 8
+    html = page.read_text()
+    # Self-contained: nothing loaded from elsewhere (the SVG namespace URI is only a name).
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", html)
+    assert "<link" not in html and "@import" not in html
+    assert '"sequences"' in html or "3, 4, 5" in html or len(html) > 2000
+    rc = main(["trajectory", "--model", str(ckpt), "--prompt-ids", "3,4,5"])
+    assert rc == 2 and "give --plot" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv,msg", [
@@ -95,6 +207,8 @@ def test_trajectory_cli_plot(ckpt, capsys, tmp_path):
     (["--alg", "entropy"], "--alg not used by --sampler llada"),
     (["--prompt-ids", "1,x"], "--prompt-ids must look like"),
     (["--prompt-ids", "1,9999"], "outside the vocabulary"),
+    (["--gen-length", "8192", "--block-length", "256", "--steps", "32"],
+     "exceeds the model's max_position_embeddings"),
 ])
 def test_generate_cli_bad_input_one_line(ckpt, capsys, argv, msg):
     base = ["generate", "--model", str(ckpt)]
@@ -130,3 +244,25 @@ def test_cli_lists_every_command():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert set(sub.choices) == {"convert", "generate", "trajectory", "eval", "train", "demo",
                                 "serve"}
+
+
+def test_record_keeps_the_top_alternatives_at_commit(sharp_llada):
+    """At temperature 0 LLaDA commits the argmax over non-MASK tokens: the first alternative is
+    the committed token unless MASK itself was the most probable; probabilities are sorted and
+    the committed token's probability is among them."""
+    from dllm_jax.sampling import LLaDAConfig, generate
+
+    prompt = np.array([[3, 4, 5, 6], [7, 8, 9, 10]], np.int32)
+    cfg = LLaDAConfig(steps=8, gen_length=8, block_length=4)
+    out = generate(sharp_llada, prompt, config=cfg, key=0, record=True)
+    t = out.trajectory
+    ids, probs = np.asarray(t.top_ids), np.asarray(t.top_probs)
+    committed = np.asarray(out.sequences)[:, 4:]
+    mask_id = sharp_llada.config.mask_token_id
+    assert ids.shape == probs.shape == (2, 8, 3)
+    assert (np.diff(probs, axis=-1) <= 1e-7).all()
+    first = np.where(ids[..., 0] == mask_id, ids[..., 1], ids[..., 0])
+    np.testing.assert_array_equal(first, committed)
+    conf = np.asarray(t.confidence)
+    hit = (ids == committed[..., None])
+    np.testing.assert_allclose((probs * hit).sum(-1), conf, atol=1e-6)

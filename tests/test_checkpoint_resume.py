@@ -29,8 +29,8 @@ def _child(out: str, resume: bool) -> None:
     """A tiny training run (runs in a fresh process with 2 CPU devices)."""
     import jax
     from flax import nnx
-
     from helpers import tiny_model
+
     from dllm_jax.train import CheckpointConfig, OptimConfig, TrainConfig, Trainer, sft_objective
 
     cache = os.environ.get("DLLM_JAX_TEST_CACHE")
@@ -175,8 +175,8 @@ if __name__ == "__main__":
 
 def test_extra_state_is_checkpointed(tmp_path):
     import jax.numpy as jnp
-
     from helpers import tiny_model
+
     from dllm_jax.train import CheckpointConfig, OptimConfig, TrainConfig, Trainer, sft_objective
 
     cfg = TrainConfig(steps=4, batch_size=4, log_every=2,
@@ -217,10 +217,10 @@ def test_run_directory_guards(tmp_path):
     """An existing run is refused without --resume/--overwrite; a refused resume (changed model
     shape, other seed) names the problem in one line and leaves config.yaml untouched."""
     import pytest
+    from helpers import tiny_model
 
     from dllm_jax.train import CheckpointConfig, OptimConfig, TrainConfig, Trainer, sft_objective
     from dllm_jax.train.checkpoint import CheckpointError
-    from helpers import tiny_model
 
     cfg = TrainConfig(steps=2, batch_size=4, log_every=1,
                       optim=OptimConfig(lr=1e-2, total_steps=2),

@@ -10,10 +10,10 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from helpers import sharpened, tiny_model
 
 from dllm_jax import objectives as obj
 from dllm_jax.model import sharding as shd
-from helpers import sharpened, tiny_model
 from dllm_jax.train import CheckpointConfig, OptimConfig, TrainConfig, Trainer, lora
 from dllm_jax.train import step as st
 

@@ -140,15 +140,17 @@ def test_registry_loss_calls_give_each_function_its_rows():
 def _rollouts(**kw):
     """Two rollouts of ``[p p | g g g g]`` (P = 2, G = 4); rollout 0 stops at EOS = 1."""
     seqs = jnp.asarray([[5, 6, 8, 1, 2, 2], [5, 7, 8, 9, 10, 11]])
-    base = dict(sequences_RL=seqs, prompt_length=2, group_size=2,
+    base = dict(sequences_RL=seqs, attention_mask_RL=jnp.ones((2, 6), jnp.int32),
+                prompt_length=2, group_size=2,
                 advantages_R=jnp.asarray([0.5, -0.5]), rewards_R=jnp.asarray([1.0, 0.0]),
                 key=jax.random.PRNGKey(0), mask_id=63, eos_id=1, budget=2,
                 step_map_RG=jnp.asarray([[0, 1, 2, 3], [3, 2, 1, 0]]),
                 entropy_RT=jnp.zeros((2, 4)), margin_RT=jnp.zeros((2, 4)),
-                roec_RT=jnp.zeros((2, 4)), select=obj.get_selector("uniform"),
-                attention=lambda n: (jnp.asarray([[3, 2, 1, 0], [0, 1, 2, 3]]),
-                                     jnp.full((2, 6), 0.25)),
-                score=lambda inputs, tokens: jnp.full(tokens.shape, -1.0), score_ref=None)
+                roec_RT=jnp.zeros((2, 4)), valid_RT=jnp.ones((2, 4), bool),
+                select=obj.get_selector("uniform"),
+                influence=lambda: jnp.full((2, 6), 0.25),
+                score=lambda inputs, tokens, attention_mask: jnp.full(tokens.shape, -1.0),
+                score_ref=None)
     base.update(kw)
     return obj.Rollouts(**base)
 
@@ -172,12 +174,41 @@ def test_registry_rl_rows():
     np.testing.assert_array_equal(np.asarray(tr["targets"]), [
         [0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 1, 1], [0, 0, 1, 1, 0, 0]])
     np.testing.assert_array_equal(np.asarray(tr["adv"]), [0.5, 0.5, -0.5, -0.5])
-    # AGDO-RL: the same split over the attention order (reversed for rollout 0).
+    # AGDO-RL: the same split over the order the rollouts were decoded in (their step_map,
+    # from the attention-guided max_s rule), with the influence repeated per state.
     ag = obj.get_loss("agdo_rl").rows(r, obj.get_loss("agdo_rl").config())
-    np.testing.assert_array_equal(np.asarray(ag["targets"]), [
-        [0, 0, 0, 0, 1, 1], [0, 0, 1, 1, 0, 0], [0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 1, 1]])
-    np.testing.assert_array_equal(np.asarray(ag["inputs"])[1], [5, 6, 63, 63, 2, 2])
-    assert ag["influence"].shape == (4, 6)
+    np.testing.assert_array_equal(np.asarray(ag["targets"]), np.asarray(tr["targets"]))
+    np.testing.assert_array_equal(np.asarray(ag["inputs"]), np.asarray(tr["inputs"]))
+    np.testing.assert_array_equal(np.asarray(ag["influence"]), np.full((4, 6), 0.25))
+    for rows in (one, grpo, tr, ag):  # every row carries its rollout's attention mask
+        assert rows["attention_mask"].shape == rows["inputs"].shape
+
+
+def test_registry_one_step_rows_never_mask_prompt_padding():
+    """d1's prompt mask draws only over real prompt tokens (left padding stays as it is)."""
+    r = _rollouts(attention_mask_RL=jnp.asarray([[0, 1, 1, 1, 1, 1], [1] * 6]))
+    rows = obj.get_loss("wd1").rows(r, obj.get_loss("wd1").config(p_mask_prompt=1.0))
+    np.testing.assert_array_equal(np.asarray(rows["inputs"]), [[5, 63, 63, 63, 63, 63],
+                                                               [63, 63, 63, 63, 63, 63]])
+    np.testing.assert_array_equal(np.asarray(rows["attention_mask"]), r.attention_mask_RL)
+
+
+def test_registry_rollout_rules():
+    """d1's one-step rows are redrawn at every inner iteration (a fresh prompt mask each);
+    AGDO-RL decodes its rollouts with the attention-guided ``max_s`` rule at ``n_per_step``
+    tokens per step; the other losses keep the configured sampler."""
+    from dllm_jax.errors import ConfigError
+    from dllm_jax.sampling import LLaDAConfig
+
+    assert [n for n in obj.loss_names("rl") if obj.get_loss(n).redraw] == ["diffu_grpo", "wd1"]
+    spec = obj.get_loss("agdo_rl")
+    sampler = spec.rollout_sampler(LLaDAConfig(steps=4, gen_length=8, block_length=8),
+                                   spec.config(n_per_step=2))
+    assert (sampler.remasking, sampler.cache, sampler.steps) == ("max_s", "none", 4)
+    with pytest.raises(ConfigError, match=r"n_per_step \(2\) must be the rollout sampler's"):
+        spec.rollout_sampler(LLaDAConfig(steps=8, gen_length=8, block_length=8),
+                             spec.config(n_per_step=2))
+    assert [n for n in obj.loss_names("rl") if obj.get_loss(n).rollout_sampler] == ["agdo_rl"]
 
 
 def test_registry_sft_rows():

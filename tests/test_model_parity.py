@@ -12,11 +12,10 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from dllm_jax import denoise_step  # noqa: E402
-from dllm_jax import weights  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from dllm_jax.model.transformer import Transformer  # noqa: E402
+from dllm_jax import denoise_step, weights  # noqa: E402
+from dllm_jax.model.transformer import Transformer  # noqa: E402,I001
 
 VOCAB = 96
 
@@ -128,7 +127,8 @@ def test_dream_denoise_step_is_shifted(tiny_dream, tiny_llada):
                                np.asarray(tiny_llada(tokens)), atol=1e-6, rtol=0)
 
 
-# LLaDA's own key names (as published in its checkpoints), written here independently of the package's table.
+# LLaDA's own key names (as published in its checkpoints), written here independently of the
+# package's table.
 _LLADA_KEYS = {
     "model.embed_tokens.weight": "model.transformer.wte.weight",
     "model.norm.weight": "model.transformer.ln_f.weight",

@@ -41,9 +41,9 @@ def _child(out: str, nproc: int, pid: int, port: int) -> None:
         jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}",
                                    num_processes=nproc, process_id=pid)
     from flax import nnx
+    from helpers import tiny_model
     from jax.experimental import multihost_utils
 
-    from helpers import tiny_model
     from dllm_jax.train import (
         CheckpointConfig,
         OptimConfig,
@@ -81,8 +81,8 @@ def _child(out: str, nproc: int, pid: int, port: int) -> None:
                  **{jax.tree_util.keystr(k): np.asarray(v) for k, v in flat})
     trainer.checkpointer.close()
     # RL from the SFT model: rollouts on a host-local replica, the sharded update over hosts.
-    from dllm_jax.train.rl import RLConfig, RolloutBatcher, make_rl_loss
     from dllm_jax.sampling import LLaDAConfig
+    from dllm_jax.train.rl import RLConfig, RolloutBatcher, make_rl_loss
 
     rcfg = RLConfig(prompts_per_step=2, group_size=4, budget=2, selector="atpo",
                     sampler=LLaDAConfig(steps=4, gen_length=4, block_length=4, temperature=1.0))

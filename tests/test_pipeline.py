@@ -89,6 +89,16 @@ def test_printed_rl_config_shows_the_losses_published_defaults(capsys, sets, wan
     assert printed["rl"]["sampler"]["gen_length"] == 4 and printed["rl"]["sampler"]["steps"] == 4
 
 
+def test_printed_agdo_rl_config_rolls_out_in_the_attention_guided_order(capsys):
+    """AGDO-RL trains on the order its rollouts decode in, so the resolved sampler uses the
+    attention-guided ``max_s`` rule (full attention, no KV cache)."""
+    from dllm_jax.cli import main
+
+    assert main(["train", "rl", "--set", "rl.loss=agdo_rl", "--print-config"]) == 0
+    sampler = yaml.safe_load(capsys.readouterr().out)["rl"]["sampler"]
+    assert (sampler["remasking"], sampler["cache"]) == ("max_s", "none")
+
+
 def test_printed_sft_config_shows_the_losses_published_defaults(capsys):
     from dllm_jax.cli import main
 
@@ -158,6 +168,13 @@ def test_file_source(tmp_path):
     four, two = tok.convert_tokens_to_ids(["four", "two"])
     comp = np.array([[four, 0], [four, 0], [two, 0]])
     np.testing.assert_array_equal(src.rewards(np.array([0, 1, 1]), comp), [1.0, 0.0, 1.0])
+    # A completion is read up to its first EOS (0): what the sampler committed after it (here
+    # "two") is not part of the answer.
+    np.testing.assert_array_equal(src.rewards(np.array([0, 1]), np.array([[four, 0, two],
+                                                                           [four, 0, two]])),
+                                  [1.0, 0.0])
+    np.testing.assert_array_equal(src.prompt_mask(np.array([0, 1])),
+                                  [[0, 1, 1, 1, 1, 1, 1, 1], [1] * 8])
     src.save_tokenizer(tmp_path / "saved")
     assert (tmp_path / "saved" / "tokenizer.json").is_file()
     with pytest.raises(ValueError, match="larger than the dataset"):
@@ -177,6 +194,11 @@ def test_task_source():
     wrong = src.tokenizer.encode(str(a + b + 1).zfill(4)[::-1])
     np.testing.assert_array_equal(src.rewards(np.array([5, 5]), np.array([right, wrong])),
                                   [1.0, 0.0])
+    eos, seven = src.tokenizer.eos_id, src.tokenizer.encode("7")[0]
+    np.testing.assert_array_equal(  # read up to the first EOS, whatever was committed after it
+        src.rewards(np.array([5, 5]), np.array([right + [eos, seven], right[:3] + [eos] * 3])),
+        [1.0, 0.0])
+    assert (src.prompt_mask(np.array([0, 5])) == 1).all()
     batch = src.sft_batch_fn(4, seed=1)(0)
     assert batch["tokens"].shape == (4, 12)
     np.testing.assert_array_equal(batch["response_mask"][0], [0] * 8 + [1] * 4)
@@ -321,3 +343,71 @@ def test_shipped_configs_load(name):
     path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
     prog = load_config(SFTProgram if name.startswith("sft") else RLProgram, path)
     assert prog.data.task == "addition"
+
+
+def _hand_logp(model, inputs, tokens):
+    logits = np.asarray(model(inputs), np.float64)
+    logits = logits - logits.max(-1, keepdims=True)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    return np.take_along_axis(logp, np.asarray(tokens)[..., None], -1)[..., 0]
+
+
+def test_rl_on_a_file_keeps_the_prompts_attention_mask(tmp_path, shared_dir):
+    """The RL program's rollouts from a data file of prompts of different lengths (left-padded,
+    real Qwen2.5 tokenizer), greedy: every rollout equals its prompt rolled out alone, token
+    for token; the old and reference log-probs at the real positions equal the unpadded
+    row's; and the loss does not change when the padding ids do (never attended to)."""
+    import jax
+    import jax.numpy as jnp
+    from helpers import sharpened, tiny_model
+
+    from dllm_jax.data.sources import FileSource
+    from dllm_jax.data.tokenizer import load_tokenizer
+    from dllm_jax.sampling import LLaDAConfig, generate
+    from dllm_jax.train import TrainConfig, Trainer
+    from dllm_jax.train.programs import rollout_batcher
+    from dllm_jax.train.rl import RLConfig, make_rl_loss
+
+    qwen = shared_dir / "tokenizers" / "qwen2.5"
+    if not qwen.is_dir():
+        pytest.skip("the qwen2.5 tokenizer is not present")
+    tok = load_tokenizer(qwen)
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": p, "answer": "4"}) for p in [
+        "What is two plus two?", "Name a colour.",
+        "Compute the sum of the first ten positive integers, please."]))
+    src = FileSource(str(path), tok, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
+                     chat_template=False)
+    p_len, vocab = src.prompt_length, len(tok) + 1
+    model = sharpened(tiny_model("llada", seed=2, vocab_size=vocab, mask_token_id=vocab - 1,
+                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+    rl = RLConfig(loss="diffu_grpo", inner_iterations=1, prompts_per_step=3, group_size=2,
+                  sampler=LLaDAConfig(steps=4, gen_length=4, block_length=4, temperature=0.0))
+    batcher = rollout_batcher(rl, src, seed=0)
+    loss_fn = make_rl_loss(rl, 6)
+    batcher.attach(Trainer(TrainConfig(steps=1, batch_size=1), model, loss_fn, batcher,
+                           tmp_path / "run", progress=False, mesh=None))
+    batch = batcher(0)
+    real = batch["attention_mask"] > 0
+    np.testing.assert_array_equal(real[:, :p_len], batch["tokens"][:, :p_len] != tok.pad_token_id)
+    assert not real.all()  # the prompts are left-padded
+    for r in range(6):
+        prompt = batch["tokens"][r, :p_len][real[r, :p_len]]
+        alone = generate(model, prompt[None], config=rl.sampler, key=0).sequences
+        np.testing.assert_array_equal(batch["tokens"][r, p_len:], np.asarray(alone)[0, -4:])
+        want = _hand_logp(model, jnp.asarray(batch["inputs"][r][real[r]][None]),
+                          batch["tokens"][r][real[r]][None])[0]
+        np.testing.assert_allclose(batch["old_logp"][r][real[r]], want, atol=1e-4)
+        np.testing.assert_allclose(batch["ref_logp"][r][real[r]], want, atol=1e-4)
+    # Greedy rollouts of one prompt agree, so every advantage is 0: score the loss under
+    # another policy, whose KL term to the reference is not 0.
+    other = tiny_model("llada", seed=3, vocab_size=vocab, mask_token_id=vocab - 1,
+                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    repadded = {k: np.array(v) for k, v in batch.items()}
+    for k in ("inputs", "tokens"):
+        repadded[k][~real] = 7
+    key = jax.random.PRNGKey(0)
+    losses = [float(loss_fn(other, {k: jnp.asarray(v) for k, v in b.items()}, key)[0])
+              for b in (batch, repadded)]
+    assert losses[0] > 1e-3
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-6)

@@ -1,76 +1,22 @@
-"""The compiled sampler against a plain Python loop, its invariants, batching and compilation."""
+"""The compiled sampler's invariants, batching and compilation; the CLI's sampler flags.
 
-import jax
-import jax.numpy as jnp
+Agreement with the original implementations, token for token, is in
+tests/test_sampling_reference.py.
+"""
+
+import argparse
+
 import numpy as np
 import pytest
 
+from dllm_jax.cli.generate import _decode, add_sampler_arguments, sampler_config_from_args
+from dllm_jax.data.batching import completion_until_eos
 from dllm_jax.errors import ConfigError
-from dllm_jax.model.transformer import denoise_step
 from dllm_jax.sampling import DreamConfig, LLaDAConfig, generate
 from dllm_jax.sampling.loop import _sample
-from dllm_jax.sampling.plan import propose, row_step_keys, select
-from dllm_jax.sampling.record import strip_after_eos
 
 MASK = 63
 PROMPT = np.array([[3, 17, 22, 9, 41], [12, 5, 30, 2, 8]], np.int32)
-
-
-def python_loop(model, prompt, config, key):
-    """The same decoding as a Python loop over blocks and steps of ``denoise_step``."""
-    plan = config.plan(model.config, prompt.shape[1])
-    b, p = prompt.shape
-    n, spb = plan.block_length, plan.steps_per_block
-    x = np.concatenate([prompt, np.full((b, plan.gen_length), MASK, np.int32)], 1)
-    row_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(b))
-    for blk in range(plan.num_blocks):
-        lo = p + blk * n
-        for j in range(spb):
-            t = blk * spb + j
-            logits = np.asarray(denoise_step(model, x))[:, lo:lo + n]
-            s = None
-            if plan.rule == "max_s":
-                _, aux = model.with_attention(jnp.asarray(x), None, keys_BL=jnp.asarray(x != MASK))
-                s = aux["S"][:, lo:lo + n]
-            tok_keys, pos_keys = row_step_keys(row_keys, t)
-            cand = jnp.asarray(x[:, lo:lo + n] == MASK)
-            x0, conf, _ = propose(jnp.asarray(logits), tok_keys, pos_keys, plan, s)
-            count = plan.counts[blk][j] if plan.counts is not None else 0
-            tprob = plan.transfer_probs[j] if plan.transfer_probs is not None else 0.0
-            sel = select(conf, cand, jnp.int32(count), pos_keys, plan, j == spb - 1,
-                         jnp.float32(tprob))
-            x[:, lo:lo + n] = np.where(np.asarray(sel), np.asarray(x0), x[:, lo:lo + n])
-    return np.asarray(strip_after_eos(jnp.asarray(x), p, plan.eos_id, plan.pad_id))
-
-
-LLADA_CASES = [
-    dict(remasking="low_confidence", temperature=0.8),
-    dict(remasking="random", temperature=0.8),
-    dict(remasking="tpp", temperature=1.0),
-    dict(remasking="topk_margin", temperature=0.5, top_k=8),
-    dict(remasking="entropy", temperature=0.5, top_p=0.9),
-    dict(remasking="max_s", temperature=0.5),
-    dict(remasking="low_confidence", temperature=0.5, threshold=0.6),
-    dict(remasking="low_confidence", temperature=0.5, alg_temp=0.5),
-]
-
-
-@pytest.mark.parametrize("kw", LLADA_CASES, ids=lambda kw: "-".join(map(str, kw.values())))
-def test_scan_equals_python_loop_llada(sharp_llada, kw):
-    cfg = LLaDAConfig(steps=8, gen_length=8, block_length=4, **kw)
-    key = jax.random.PRNGKey(7)
-    out = generate(sharp_llada, PROMPT, config=cfg, key=key)
-    np.testing.assert_array_equal(np.asarray(out.sequences),
-                                  python_loop(sharp_llada, PROMPT, cfg, key))
-
-
-@pytest.mark.parametrize("alg", ["origin", "maskgit_plus", "entropy"])
-def test_scan_equals_python_loop_dream(sharp_dream, alg):
-    cfg = DreamConfig(steps=6, max_new_tokens=6, alg=alg, temperature=0.7, top_p=0.95)
-    key = jax.random.PRNGKey(3)
-    out = generate(sharp_dream, PROMPT[:, :4], config=cfg, key=key)
-    np.testing.assert_array_equal(np.asarray(out.sequences),
-                                  python_loop(sharp_dream, PROMPT[:, :4], cfg, key))
 
 
 def test_schedule_invariants(sharp_llada):
@@ -122,14 +68,55 @@ def test_compiles_once_per_shape_and_config(sharp_llada):
     assert _sample._cache_size() == before
 
 
-def test_eos_and_mask_handling(sharp_llada):
-    seq = jnp.asarray([[5, 6, 9, 1, 9, 1, 9]])
-    np.testing.assert_array_equal(np.asarray(strip_after_eos(seq, 2, 1, 0)),
-                                  [[5, 6, 9, 1, 0, 0, 0]])
-    # Forbid everything but MASK and EOS through the logits: MASK is still never produced.
+def test_completion_until_eos():
+    assert completion_until_eos(np.array([5, 6, 9, 1, 9, 1, 9]), 1) == [5, 6, 9]
+    assert completion_until_eos([1, 4], 1) == []
+    assert completion_until_eos([4, 5], 1) == [4, 5]
+    assert completion_until_eos([4, 1, 5], None) == [4, 1, 5]
+    assert completion_until_eos([4, 1, 5], -1) == [4, 1, 5]
+
+
+def test_mask_is_never_returned(sharp_llada):
     cfg = LLaDAConfig(steps=4, gen_length=4, block_length=4, logits_eos_inf=True)
     out = np.asarray(generate(sharp_llada, PROMPT, config=cfg, key=0).sequences)
     assert not (out == MASK).any() and not (out[:, 5:] == 1).any()
+
+
+def _args(*argv):
+    parser = argparse.ArgumentParser()
+    add_sampler_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_cli_sampler_flags(tmp_path):
+    cfg = sampler_config_from_args(_args("--confidence-eos-eot-inf", "--eot-token-id", "2",
+                                         "--top-k", "0"))
+    assert (cfg.confidence_eos_eot_inf, cfg.eot_token_id, cfg.top_k) == (True, 2, 0)
+    with pytest.raises(ConfigError, match="--confidence-eos-eot-inf not used by --sampler dream"):
+        sampler_config_from_args(_args("--sampler", "dream", "--confidence-eos-eot-inf"))
+    # Dream: the checkpoint's config.json first, then the flags.
+    (tmp_path / "config.json").write_text('{"top_k": 5, "temperature": 0.0}')
+    cfg = sampler_config_from_args(_args("--sampler", "dream", "--temperature", "0.5"), tmp_path)
+    assert (cfg.top_k, cfg.temperature) == (5, 0.5)
+    cfg = sampler_config_from_args(_args("--sampler", "dream", "--top-k", "0"), tmp_path)
+    assert (cfg.top_k, cfg.temperature) == (0, 0.0)
+    assert sampler_config_from_args(_args("--sampler", "dream")) == DreamConfig()
+
+
+class _SkipSpecial:
+    """Decodes like an HF tokenizer with ``skip_special_tokens``: EOS is dropped, not a stop."""
+
+    eos = 1
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(ord("a") + i) for i in ids if i != self.eos)
+
+
+def test_cli_text_is_cut_at_eos():
+    seqs = np.array([[7, 8, 2, 3, 1, 4, 5]])
+    assert _decode(_SkipSpecial(), seqs, 2, 1) == ["cd"]  # not "cdef"
+    assert _decode(_SkipSpecial(), seqs, 2, None) == ["cdef"]
+    assert _decode(None, seqs, 2, 1) is None
 
 
 @pytest.mark.parametrize("kw,msg", [
@@ -147,3 +134,23 @@ def test_bad_config_one_clear_error(kw, msg):
 def test_dream_bad_alg():
     with pytest.raises(ConfigError, match="unknown alg"):
         DreamConfig(alg="best")
+
+
+@pytest.mark.parametrize("gen_length", [256, 8192, 102_400])
+def test_generate_refuses_requests_longer_than_the_model(tiny_llada, gen_length):
+    from dllm_jax.errors import ConfigError
+
+    cfg = LLaDAConfig(steps=gen_length // 256, gen_length=gen_length, block_length=256)
+    with pytest.raises(ConfigError, match="exceeds the model's max_position_embeddings"):
+        generate(tiny_llada, [[3, 4, 5]], config=cfg, key=0)  # 256 positions
+
+
+def test_generate_refuses_requests_that_cannot_fit_in_memory(tiny_llada):
+    from dllm_jax.errors import ConfigError
+    from dllm_jax.sampling.budget import check_request, estimate_bytes
+
+    big = tiny_llada.config.replace(max_position_embeddings=1 << 20, vocab_size=1 << 20)
+    assert estimate_bytes(big, 64, 1 << 16, 1 << 12, cache=True) > 1 << 40  # over a TiB
+    with pytest.raises(ConfigError, match=r"needs about .* GiB .* is free"):
+        check_request(big, 64, 1 << 15, 1 << 15, 1 << 12, cache=True)
+    check_request(tiny_llada.config, 2, 8, 16, 8)  # a small request passes

@@ -6,12 +6,12 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import sharpened, tiny_model
 
 from dllm_jax.data.batching import left_pad
 from dllm_jax.model.transformer import denoise_step
 from dllm_jax.sampling import DreamConfig, LLaDAConfig, generate
 from dllm_jax.sampling.loop import _sample
-from helpers import sharpened, tiny_model
 
 PROMPT = np.array([[3, 17, 22, 9, 41], [12, 5, 30, 2, 8]], np.int32)
 

@@ -1,4 +1,5 @@
-"""ATPO selectors: K distinct states, determinism, the rules against NumPy re-implementations."""
+"""ATPO selectors: K distinct states, determinism, the rules against NumPy re-implementations,
+and steps that committed nothing never chosen."""
 
 import jax
 import jax.numpy as jnp
@@ -7,6 +8,7 @@ import pytest
 
 from dllm_jax import objectives as obj
 from dllm_jax.objectives.selectors import ScoreSelector
+from dllm_jax.sampling import LLaDAConfig, generate
 
 R, T, K = 6, 16, 4
 RNG = np.random.default_rng(1)
@@ -125,3 +127,57 @@ def test_selector_validation():
         obj.get_selector("atpo", lam=1.5)
     with pytest.raises(ValueError, match="share one"):
         obj.get_selector("cm")(None, H, CM[:, :3], ROEC, K)
+
+
+SELECTOR_CASES = [("uniform", {}), ("random", {}), ("entropy", {}), ("roec", {}), ("cm", {}),
+                  ("atpo", {}), ("atpo", {"rho": 0.5}), ("atpo", {"average": "group"}),
+                  ("atpo", {"average": "none"})]
+
+
+def test_no_selector_picks_an_empty_step_under_threshold_zero(sharp_llada):
+    """threshold=0 commits a whole block at its first step: 2 valid steps out of 8."""
+    cfg = LLaDAConfig(steps=8, gen_length=8, block_length=4, temperature=0.9, threshold=0.0)
+    prompts = np.array([[3, 17, 22, 9, 41], [12, 5, 30, 2, 8]] * 2, np.int32)
+    traj = generate(sharp_llada, prompts, config=cfg, key=5, record=True).trajectory
+    committed = [set(row.tolist()) for row in np.asarray(traj.step_map)]
+    assert committed == [{0, 4}] * 4
+    np.testing.assert_array_equal(np.asarray(traj.valid), np.asarray(traj.num_committed) > 0)
+    t = traj.entropy.shape[1]
+    for name, kw in SELECTOR_CASES:
+        sel = obj.get_selector(name, **kw)
+        for k in (1, 2, 3, 5):
+            starts, ends = sel(jax.random.PRNGKey(k), traj.entropy, traj.margin, traj.roec, k,
+                               group_size=2, valid_BT=traj.valid)
+            for row, (s, e) in enumerate(zip(np.asarray(starts), np.asarray(ends),
+                                             strict=True)):
+                picked = [(a, b) for a, b in zip(s.tolist(), e.tolist(), strict=True)
+                          if (a, b) != (t, t)]  # [T, T): an empty filler state
+                assert all(a in committed[row] and b > a for a, b in picked), (name, kw, k)
+                assert len(picked) == min(k, 2) and len({a for a, _ in picked}) == len(picked)
+
+
+@pytest.mark.parametrize("name,kw", [c for c in SELECTOR_CASES  # the deterministic ones
+                                     if c[0] != "random" and "rho" not in c[1]])
+def test_selectors_ignore_inserted_invalid_steps(name, kw):
+    """Inserting invalid steps (garbage profiles) at the same places in every row moves the
+    chosen states with their steps and changes nothing else."""
+    rng = np.random.default_rng(4)
+    extra = 7
+    slots = np.sort(rng.choice(T + extra, extra, replace=False))
+    pos = np.setdiff1d(np.arange(T + extra), slots)  # where each original step goes
+
+    def pad(x):
+        out = rng.uniform(-3, 3, (R, T + extra))
+        out[:, pos] = np.asarray(x)
+        return jnp.asarray(out, jnp.float32)
+
+    valid = np.zeros((R, T + extra), bool)
+    valid[:, pos] = True
+    sel = obj.get_selector(name, **kw)
+    key = jax.random.PRNGKey(0)
+    s0, e0 = sel(key, H, CM, ROEC, K, group_size=3)
+    s1, e1 = sel(key, pad(H), pad(CM), pad(ROEC), K, group_size=3, valid_BT=jnp.asarray(valid))
+    to_padded = np.append(pos, T + extra)  # step T (one past the end) maps to the new end
+    np.testing.assert_array_equal(np.asarray(s1), to_padded[np.asarray(s0)])
+    np.testing.assert_array_equal(np.asarray(e1), to_padded[np.asarray(e0)] if name == "uniform"
+                                  else to_padded[np.asarray(s0)] + 1)

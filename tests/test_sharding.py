@@ -7,12 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from helpers import init_model, tiny_config
 from jax.sharding import PartitionSpec as P
 
 from dllm_jax.model import sharding as shd
 from dllm_jax.model.config import dream_7b, llada_8b
 from dllm_jax.model.transformer import Transformer
-from helpers import init_model, tiny_config
 
 
 @pytest.fixture(scope="module")

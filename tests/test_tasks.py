@@ -291,8 +291,7 @@ def test_verifiers_on_shared_benchmark_files(shared_dir):
 
 def test_one_registry_lists_every_task():
     from dllm_jax import eval as eval_pkg
-    from dllm_jax.tasks import Task, parse_task_list
-    from dllm_jax.tasks import registry
+    from dllm_jax.tasks import Task, parse_task_list, registry
 
     everything = ["addition", "aime24", "aime25", "countdown", "gsm8k", "humaneval", "math500",
                   "mbpp", "sudoku"]

@@ -8,8 +8,8 @@ parse as written.
 from __future__ import annotations
 
 import argparse
-import math
 import json
+import math
 from pathlib import Path
 
 from dllm_jax.cli.generate import add_sampler_arguments, sampler_config_from_args
@@ -103,7 +103,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--samples must be >= 1, got {args.samples}")
     if not Path(args.model).is_dir():
         raise ConfigError(f"--model {args.model} is not a directory")
-    config = sampler_config_from_args(args)
+    config = sampler_config_from_args(args, args.model)
     summaries = harness.run_eval(args.model, tasks, args.limit, args.samples, config, args.out,
                                  args.seed, data_dir=args.data_dir,
                                  batch_size=args.batch_size, workers=args.workers,

@@ -10,7 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dllm_jax.analysis.zones import confusion_zones, plot_trajectory
+from dllm_jax.analysis.plot import plot_trajectory
+from dllm_jax.analysis.viewer import write_viewer
+from dllm_jax.analysis.zones import confusion_zones
+from dllm_jax.data.batching import completion_until_eos
 from dllm_jax.data.tokenizer import load_tokenizer, render_prompt
 from dllm_jax.errors import ConfigError
 from dllm_jax.sampling import DreamConfig, IMHConfig, LLaDAConfig, generate
@@ -24,14 +27,22 @@ def add_sampler_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gen-length", type=int, help="llada/imh: tokens to generate")
     g.add_argument("--steps", type=int, help="denoising steps (all blocks together)")
     g.add_argument("--block-length", type=int, help="semi-autoregressive block size")
-    g.add_argument("--temperature", type=float)
+    g.add_argument("--temperature", type=float,
+                   help="token temperature (llada default 0; dream default 1.0, as the original)")
     g.add_argument("--cfg-scale", type=float, help="llada: classifier-free guidance")
     g.add_argument("--remasking", help="llada: low_confidence|random|tpp|topk_margin|entropy|max_s")
     g.add_argument("--threshold", type=float, help="llada: confidence-threshold parallel decoding")
-    g.add_argument("--logits-eos-inf", action="store_true", default=None)
+    g.add_argument("--logits-eos-inf", action="store_true", default=None,
+                   help="llada: EOS logit -inf before sampling")
+    g.add_argument("--confidence-eos-eot-inf", action="store_true", default=None,
+                   help="llada: EOS/EOT samples rank last (confidence 0), as LLaDA's flag")
+    g.add_argument("--eot-token-id", type=int,
+                   help="llada: EOT id for --confidence-eos-eot-inf (LLaDA-8B-Instruct: 126348)")
     g.add_argument("--max-new-tokens", type=int, help="dream: tokens to generate")
     g.add_argument("--top-p", type=float)
-    g.add_argument("--top-k", type=int)
+    g.add_argument("--top-k", type=int,
+                   help="keep the k most likely tokens; 0: no top-k filter (dream default 50, "
+                        "as the original)")
     g.add_argument("--eps", type=float, help="dream: final time of the grid")
     g.add_argument("--alg", help="dream: origin|maskgit_plus|topk_margin|entropy")
     g.add_argument("--alg-temp", type=float)
@@ -40,6 +51,9 @@ def add_sampler_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-candidates", type=int, help="imh: candidates per block (K)")
     g.add_argument("--proposal", choices=["random", "tpp"], help="imh: proposal sampler")
     g.add_argument("--proposal-temperature", type=float)
+    g.add_argument("--target", choices=["path", "canonical"],
+                   help="imh: score candidates along their own decoding path (default) or left "
+                        "to right (an order-free target; see docs/sampling.md, IMH)")
 
 
 _PRESETS = {"llada": LLaDAConfig, "dream": DreamConfig, "imh": IMHConfig}
@@ -49,10 +63,11 @@ def _knobs(cls: type) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
 
 
-def sampler_config_from_args(args: argparse.Namespace):
+def sampler_config_from_args(args: argparse.Namespace, model_dir: str | None = None):
     """The preset's frozen config from parsed flags; a flag the preset does not take is an
     error (one line), so a typo never silently falls back to a default. A flag belongs to the
-    presets that have a field of its name."""
+    presets that have a field of its name. With ``model_dir``, Dream's unset knobs take the
+    checkpoint's own values first (``DreamConfig.from_pretrained``), as the original does."""
     cls = _PRESETS[args.sampler]
     all_knobs = set().union(*map(_knobs, _PRESETS.values()))
     given = {k: getattr(args, k) for k in all_knobs if getattr(args, k, None) is not None}
@@ -60,6 +75,8 @@ def sampler_config_from_args(args: argparse.Namespace):
     if extra:
         flags = ", ".join("--" + k.replace("_", "-") for k in extra)
         raise ConfigError(f"{flags} not used by --sampler {args.sampler}")
+    if cls is DreamConfig and model_dir is not None:
+        return DreamConfig.from_pretrained(model_dir, **given)
     return cls(**given)
 
 
@@ -79,7 +96,7 @@ def _prepare(args: argparse.Namespace):
         raise ConfigError("give exactly one of --prompt and --prompt-ids")
     if not Path(args.model).is_dir():
         raise ConfigError(f"--model {args.model} is not a directory")
-    config = sampler_config_from_args(args)
+    config = sampler_config_from_args(args, args.model)
     tokenizer = None
     if args.prompt is not None:
         tokenizer = load_tokenizer(args.tokenizer or args.model)
@@ -96,10 +113,11 @@ def _prepare(args: argparse.Namespace):
     return model, config, prompts, tokenizer
 
 
-def _decode(tokenizer, seqs: np.ndarray, p_len: int) -> list[str] | None:
+def _decode(tokenizer, seqs: np.ndarray, p_len: int, eos_id: int | None) -> list[str] | None:
+    """Each completion's text: its tokens before the first EOS (``sequences`` keep them all)."""
     if tokenizer is None:
         return None
-    return [tokenizer.decode([int(t) for t in row[p_len:]], skip_special_tokens=True)
+    return [tokenizer.decode(completion_until_eos(row[p_len:], eos_id), skip_special_tokens=True)
             for row in seqs]
 
 
@@ -125,7 +143,8 @@ def add_generate_parser(subparsers: argparse._SubParsersAction) -> None:
 def add_trajectory_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("trajectory", help="record a denoising trajectory and plot it")
     _add_common(p)
-    p.add_argument("--plot", required=True, help="output PNG")
+    p.add_argument("--plot", help="output PNG (row 0: commit steps, confidence, H/CM/RoEC)")
+    p.add_argument("--html", help="output HTML viewer: one self-contained page, every row")
     p.add_argument("--zone-threshold", type=float, default=1.0)
     p.set_defaults(func=_trajectory)
 
@@ -135,13 +154,12 @@ def _run(args: argparse.Namespace, record: bool):
     out = generate(model, prompts, config=config, key=args.seed, record=record)
     seqs = np.asarray(out.sequences)
     p_len = max(len(r) for r in prompts)  # prompts are left-padded to the longest
-    return out, seqs, p_len, tokenizer
+    return out, seqs, p_len, _decode(tokenizer, seqs, p_len, model.config.eos_token_id), tokenizer
 
 
 def _generate(args: argparse.Namespace) -> int:
     record = args.trajectory is not None
-    out, seqs, p_len, tokenizer = _run(args, record)
-    text = _decode(tokenizer, seqs, p_len)
+    out, seqs, p_len, text, _ = _run(args, record)
     if record:
         t = out.trajectory
         np.savez(args.trajectory, sequences=seqs, **{
@@ -155,20 +173,33 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _trajectory(args: argparse.Namespace) -> int:
-    out, seqs, p_len, tokenizer = _run(args, True)
+    if args.plot is None and args.html is None and not args.json:
+        raise ConfigError("give --plot OUT.png, --html OUT.html or --json")
+    if args.sampler == "imh":
+        raise ConfigError("trajectory needs a per-step record: use --sampler llada or dream")
+    out, seqs, p_len, text, tokenizer = _run(args, True)
     t = out.trajectory
-    zones = plot_trajectory(t, args.plot, row=0, threshold=args.zone_threshold)
+    decode = None if tokenizer is None else (lambda ids: tokenizer.decode(ids))
+    zones = []
+    if args.plot:
+        zones = plot_trajectory(t, args.plot, row=0, tokens=seqs, decode=decode,
+                                threshold=args.zone_threshold)
+    if args.html:
+        write_viewer(args.html, t, seqs, p_len, decode=decode, threshold=args.zone_threshold,
+                     alternatives=(np.asarray(t.top_ids), np.asarray(t.top_probs)))
     rows = []
     for i in range(seqs.shape[0]):
-        z = confusion_zones(np.asarray(t.roec[i]), np.asarray(t.margin[i]), args.zone_threshold)
+        z = confusion_zones(np.asarray(t.roec[i]), np.asarray(t.margin[i]), args.zone_threshold,
+                            valid_T=np.asarray(t.valid[i]))
         rows.append({"entropy": np.asarray(t.entropy[i]).tolist(),
                      "margin": np.asarray(t.margin[i]).tolist(),
                      "roec": np.asarray(t.roec[i]).tolist(),
+                     "valid": np.asarray(t.valid[i]).tolist(),
                      "zones": [[zz.start, zz.end] for zz in z]})
     if args.json:
-        print(json.dumps({"sequences": seqs.tolist(), "text": _decode(tokenizer, seqs, p_len),
-                          "steps": rows}))
+        print(json.dumps({"sequences": seqs.tolist(), "text": text, "steps": rows}))
     else:
-        print(f"wrote {args.plot}; {len(zones)} confusion zone(s) in row 0: "
+        wrote = " and ".join(x for x in (args.plot, args.html) if x)
+        print(f"wrote {wrote}; {len(zones)} confusion zone(s) in row 0: "
               + ", ".join(f"steps {z.start}-{z.end - 1}" for z in zones), file=sys.stdout)
     return 0

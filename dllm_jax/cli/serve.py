@@ -53,7 +53,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.max_queue < 1 or args.request_timeout <= 0 or args.batch_wait_ms < 0:
         raise ConfigError("--max-queue must be >= 1, --request-timeout > 0 and "
                           "--batch-wait-ms >= 0")
-    defaults = sampler_config_from_args(args)
+    defaults = sampler_config_from_args(args, args.model)
     batch_sizes = _ints(args.batch_sizes, "--batch-sizes")
     buckets = _ints(args.prompt_buckets, "--prompt-buckets")
     engine = Engine.load(args.model, defaults=defaults, name=args.model_name,

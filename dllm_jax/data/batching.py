@@ -50,3 +50,12 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int,
         ids[i, -1] = pad_id
         mask[i, -1] = 1
     return ids, mask
+
+
+def completion_until_eos(ids: Sequence[int] | np.ndarray, eos_id: int | None) -> list[int]:
+    """The generated ids before the first EOS (the EOS excluded): what a completion's text and
+    reward are read from. ``eos_id`` None or negative: all of them."""
+    row = [int(t) for t in np.asarray(ids).reshape(-1)]
+    if eos_id is None or eos_id < 0 or eos_id not in row:
+        return row
+    return row[:row.index(eos_id)]

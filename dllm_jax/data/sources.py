@@ -7,7 +7,9 @@
   answer checkers.
 
 Both have fixed prompt and answer widths (``prompt_length`` P, ``answer_length`` A), SFT
-batches that are pure functions of the step, prompts by row and rewards by row.
+batches that are pure functions of the step, prompts (and their attention masks) by row and
+rewards by row. A completion is scored on its ids before the first EOS: the sampler returns
+exactly what it committed, tokens after an EOS included.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from dllm_jax.data.batching import completion_until_eos
 from dllm_jax.data.records import batch_rows, encode_sft, load_records
 from dllm_jax.tasks import CharTokenizer, encode_examples, get_puzzle
 from dllm_jax.tasks.answers import gsm8k_reward, math_reward
@@ -54,12 +57,16 @@ class DataSource(Protocol):
         ...
 
     def prompts(self, rows: np.ndarray) -> np.ndarray:
-        """int32 ``[len(rows), P]``, the encoded prompts of those rows."""
+        """int32 ``[len(rows), P]``, the encoded prompts of those rows (left-padded)."""
+        ...
+
+    def prompt_mask(self, rows: np.ndarray) -> np.ndarray:
+        """int32 ``[len(rows), P]``, 1 on the real prompt tokens, 0 on the left padding."""
         ...
 
     def rewards(self, rows: np.ndarray, completions: np.ndarray) -> np.ndarray:
-        """float32 ``[R]``: the reward of completion ``completions[i]`` (ids ``[R, G]``) for
-        the prompt of row ``rows[i]``."""
+        """float32 ``[R]``: the reward of completion ``completions[i]`` (ids ``[R, G]``, read
+        up to their first EOS) for the prompt of row ``rows[i]``."""
         ...
 
     def save_tokenizer(self, directory: str | Path) -> None:
@@ -115,9 +122,13 @@ class TaskSource:
     def prompts(self, rows: np.ndarray) -> np.ndarray:
         return self.prompt_BP[np.asarray(rows)]
 
+    def prompt_mask(self, rows: np.ndarray) -> np.ndarray:
+        return np.ones((len(rows), self.prompt_length), np.int32)  # equal-length prompts
+
     def rewards(self, rows: np.ndarray, completions: np.ndarray) -> np.ndarray:
+        eos = self.tokenizer.eos_id
         return np.asarray([self.task.verify(self.examples[int(i)],
-                                            self.tokenizer.decode(np.asarray(c).tolist()))
+                                            self.tokenizer.decode(completion_until_eos(c, eos)))
                            for i, c in zip(rows, completions, strict=True)], np.float32)
 
     def save_tokenizer(self, directory: str | Path) -> None:
@@ -146,6 +157,7 @@ class FileSource:
         if reward not in REWARDS:
             raise ValueError(f"reward must be one of {sorted(REWARDS)}, got {reward!r}")
         self.tokenizer = tokenizer
+        self.eos_id = eos_id
         self.records = load_records(path, split, (prompt_field, answer_field))
         self.answers = [str(r[answer_field]) for r in self.records]
         self.reward = REWARDS[reward]
@@ -163,9 +175,12 @@ class FileSource:
     def prompts(self, rows: np.ndarray) -> np.ndarray:
         return self.enc["tokens"][np.asarray(rows), :self.prompt_length]
 
+    def prompt_mask(self, rows: np.ndarray) -> np.ndarray:
+        return self.enc["attention_mask"][np.asarray(rows), :self.prompt_length]
+
     def rewards(self, rows: np.ndarray, completions: np.ndarray) -> np.ndarray:
-        texts = [self.tokenizer.decode([int(t) for t in c], skip_special_tokens=True)
-                 for c in completions]
+        texts = [self.tokenizer.decode(completion_until_eos(c, self.eos_id),
+                                       skip_special_tokens=True) for c in completions]
         return np.asarray([self.reward(text, self.answers[int(i)])
                            for i, text in zip(rows, texts, strict=True)], np.float32)
 

@@ -1,4 +1,6 @@
-"""AGDO: attention-guided denoising order and loss weighting (arXiv 2606.12273; docs/objectives.md, "AGDO").
+"""AGDO: attention-guided denoising order and loss weighting (arXiv 2606.12273).
+
+See docs/objectives.md, "AGDO".
 
 From one last-layer attention pass on a completed sequence (``A_bar = mean_h A^{(L,h)}``, the
 model's ``return_attn_mean=True`` output): the denoising order (greedy top-n by

@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from dllm_jax.errors import ConfigError
 from dllm_jax.objectives import agdo, losses, scoring
 
 ADVANTAGE_MODES = ("center", "zscore")
@@ -175,20 +176,27 @@ class Rollouts:
     """What the RL program hands a loss's row builder: one RL step's R rollouts.
 
     Attributes:
-      sequences_RL: ``[prompt | completion]`` ids, rollouts of one prompt adjacent.
+      sequences_RL: ``[prompt | completion]`` ids exactly as the sampler committed them
+        (tokens after an EOS included), rollouts of one prompt adjacent.
+      attention_mask_RL: 1 on real tokens, 0 on the prompts' left padding (never attended to).
       prompt_length: P; ``group_size``: G rollouts per prompt.
       advantages_R / rewards_R: per rollout.
-      key: PRNG key for the rows (prompt masks, state selection).
+      key: PRNG key for the rows (prompt masks, state selection); the RL loop passes a fresh
+        key per inner iteration to losses whose rows are redrawn (``LossSpec.redraw``).
       mask_id / eos_id: the MASK id and the EOS id (None: completions are never cut).
       budget: K states per rollout (losses over trajectory states).
-      step_map_RG, entropy_RT, margin_RT, roec_RT: the rollouts' recorded trajectory.
+      step_map_RG, entropy_RT, margin_RT, roec_RT, valid_RT: the rollouts' recorded
+        trajectory (``step_map_RG`` is the order the rollouts were decoded in; ``valid_RT``
+        the steps that committed something, the only ones a selector picks).
       select: the state selector (``rl.selector``) for losses that use one, else None.
-      attention: ``n_per_step -> (order_RG, influence_RL)`` (see :class:`SFTBatch`).
-      score: ``(inputs, tokens) -> logp`` under the rollout policy; ``score_ref`` the same
-        under the frozen reference policy, None without one.
+      influence: ``() -> influence_RL``, AGDO's ``I_k`` of each rollout from one last-layer
+        attention pass of the rollout policy on the completed sequences.
+      score: ``(inputs, tokens, attention_mask) -> logp`` under the rollout policy;
+        ``score_ref`` the same under the frozen reference policy, None without one.
     """
 
     sequences_RL: jax.Array
+    attention_mask_RL: jax.Array
     prompt_length: int
     group_size: int
     advantages_R: jax.Array
@@ -201,10 +209,11 @@ class Rollouts:
     entropy_RT: jax.Array
     margin_RT: jax.Array
     roec_RT: jax.Array
+    valid_RT: jax.Array
     select: Callable[..., tuple[jax.Array, jax.Array]] | None
-    attention: Callable[[int], tuple[jax.Array, jax.Array]]
-    score: Callable[[jax.Array, jax.Array], jax.Array]
-    score_ref: Callable[[jax.Array, jax.Array], jax.Array] | None
+    influence: Callable[[], jax.Array]
+    score: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+    score_ref: Callable[[jax.Array, jax.Array, jax.Array], jax.Array] | None
 
 
 Rows = dict[str, jax.Array]
@@ -234,36 +243,42 @@ def _order_state_rows(b: SFTBatch, cfg: AGDOSFTConfig) -> Rows:
 
 def _scored(r: Rollouts, rows: Rows) -> Rows:
     """Adds the rollout policy's (and the reference policy's) log-probs of the rows."""
-    rows["old_logp"] = r.score(rows["inputs"], rows["tokens"])
+    rows["old_logp"] = r.score(rows["inputs"], rows["tokens"], rows["attention_mask"])
     if r.score_ref is not None:
-        rows["ref_logp"] = r.score_ref(rows["inputs"], rows["tokens"])
+        rows["ref_logp"] = r.score_ref(rows["inputs"], rows["tokens"], rows["attention_mask"])
     return rows
 
 
 def _one_step_rows(r: Rollouts, cfg: DiffuGRPOConfig | WD1Config) -> Rows:
-    """d1's one-step estimator: one row per rollout, the completion fully masked, prompt tokens
-    masked with probability ``p_mask_prompt``; targets up to and including the first EOS."""
+    """d1's one-step estimator: one row per rollout, the completion fully masked, real prompt
+    tokens masked with probability ``p_mask_prompt`` (a fresh draw per key, i.e. per inner
+    iteration); targets up to and including the first EOS."""
     seqs, p = r.sequences_RL, r.prompt_length
     resp = jnp.zeros(seqs.shape, bool).at[:, p:].set(True)
+    real = jnp.asarray(r.attention_mask_RL).astype(bool)
     comp = resp.astype(jnp.float32)
     if r.eos_id is not None:
         comp = comp.at[:, p:].set(losses.completion_mask_until_eos(seqs[:, p:], r.eos_id))
-    inputs, _ = scoring.d1_inputs(r.key, seqs, ~resp, resp, cfg.p_mask_prompt, r.mask_id)
-    return {"inputs": inputs, "tokens": seqs, "targets": comp, "adv": r.advantages_R,
-            "reward": r.rewards_R}
+    inputs, _ = scoring.d1_inputs(r.key, seqs, real & ~resp, resp, cfg.p_mask_prompt,
+                                  r.mask_id)
+    return {"inputs": inputs, "tokens": seqs, "attention_mask": r.attention_mask_RL,
+            "targets": comp, "adv": r.advantages_R, "reward": r.rewards_R}
 
 
 def _one_step_scored_rows(r: Rollouts, cfg: DiffuGRPOConfig) -> Rows:
     return _scored(r, _one_step_rows(r, cfg))
 
 
-def _state_rows(r: Rollouts, step_map_RG: jax.Array, starts_RK: jax.Array, ends_RK: jax.Array,
-                **extra: jax.Array) -> Rows:
-    """K trajectory states per rollout (row-major: rollout, then state), scored."""
-    masked, targets = scoring.states_from_steps(step_map_RG, starts_RK, ends_RK)
+def _state_rows(r: Rollouts, starts_RK: jax.Array, ends_RK: jax.Array, **extra: jax.Array
+                ) -> Rows:
+    """K states per rollout over the order it was decoded in (its ``step_map``), row-major
+    (rollout, then state), scored: state k masks every token committed at a step >= its start
+    and targets the tokens committed in ``[start, end)``."""
+    masked, targets = scoring.states_from_steps(r.step_map_RG, starts_RK, ends_RK)
     sb = scoring.state_batch(r.sequences_RL, r.prompt_length, masked, targets, r.mask_id)
     k = starts_RK.shape[1]
     return _scored(r, {"inputs": sb["inputs"], "tokens": sb["tokens"],
+                       "attention_mask": jnp.repeat(r.attention_mask_RL, k, axis=0),
                        "targets": sb["targets"].astype(jnp.float32),
                        "adv": jnp.repeat(r.advantages_R, k), "reward": jnp.repeat(r.rewards_R, k),
                        **extra})
@@ -272,28 +287,35 @@ def _state_rows(r: Rollouts, step_map_RG: jax.Array, starts_RK: jax.Array, ends_
 def _selected_state_rows(r: Rollouts, cfg: TraceRLConfig) -> Rows:
     """TraceRL / ATPO: the selector's K step ranges over the sampler's recorded steps."""
     starts, ends = r.select(r.key, r.entropy_RT, r.margin_RT, r.roec_RT, r.budget,
-                            group_size=r.group_size)
-    return _state_rows(r, r.step_map_RG, starts, ends)
+                            group_size=r.group_size, valid_BT=r.valid_RT)
+    return _state_rows(r, starts, ends)
 
 
 def _attention_state_rows(r: Rollouts, cfg: AGDORLConfig) -> Rows:
-    """AGDO-RL: the attention order's steps split into K consecutive ranges."""
-    order_RG, influence_RL = r.attention(cfg.n_per_step)
-    k = r.budget
-    num_steps = math.ceil((r.sequences_RL.shape[1] - r.prompt_length) / cfg.n_per_step)
-    bounds = [round(i * num_steps / k) for i in range(k + 1)]
+    """AGDO-RL: the rollouts were decoded in the attention-guided order (``max_s``, see
+    :func:`_attention_guided_sampler`); its T steps split into K consecutive ranges, with
+    the influence ``I_k`` for the per-token advantages."""
+    k, t = r.budget, r.entropy_RT.shape[1]  # t: the rollouts' T sampler steps
+    bounds = [round(i * t / k) for i in range(k + 1)]
     shape = (r.sequences_RL.shape[0], k)
     starts = jnp.broadcast_to(jnp.asarray(bounds[:-1], jnp.int32), shape)
     ends = jnp.broadcast_to(jnp.asarray(bounds[1:], jnp.int32), shape)
-    return _state_rows(r, order_RG, starts, ends, influence=jnp.repeat(influence_RL, k, axis=0))
+    return _state_rows(r, starts, ends, influence=jnp.repeat(r.influence(), k, axis=0))
 
 
 def _sampler_steps(cfg: Any, steps: int, gen_length: int) -> int:
     return steps
 
 
-def _order_steps(cfg: AGDORLConfig, steps: int, gen_length: int) -> int:
-    return math.ceil(gen_length / cfg.n_per_step)
+def _attention_guided_sampler(sampler: Any, cfg: AGDORLConfig) -> Any:
+    """AGDO-RL rolls out in its attention-guided order: the ``max_s`` rule (commit the masked
+    positions with the most last-layer attention to the committed tokens; full attention, no
+    KV cache), ``n_per_step`` tokens per step."""
+    if sampler.gen_length != sampler.steps * cfg.n_per_step:
+        raise ConfigError(f"rl.n_per_step ({cfg.n_per_step}) must be the rollout sampler's "
+                          f"tokens per step, gen_length / steps = {sampler.gen_length} / "
+                          f"{sampler.steps}, for loss 'agdo_rl'")
+    return dataclasses.replace(sampler, remasking="max_s", cache="none")
 
 
 # ----------------------------------------------------------------------------- loss calls
@@ -334,13 +356,19 @@ class LossSpec:
       fn: the pure loss function.
       program: ``"sft"`` or ``"rl"``, the training program that trains it.
       rows: ``(SFTBatch | Rollouts, config) -> rows`` the model scores (``inputs``,
-        ``tokens`` and what :attr:`call` needs).
+        ``tokens``, for RL the ``attention_mask`` too, and what :attr:`call` needs).
       call: runs :attr:`fn` on the rows' log-probs (see :meth:`loss`).
       state_steps: for losses over trajectory states, ``(config, sampler steps, generation
         length) -> T``, the steps the K states are drawn from (the default K is
         ``ceil(T / config.shrinkage)``); None: one row per rollout (``rl.budget`` does not
         apply).
       selector: the states come from ``rl.selector`` (TraceRL's grouping or ATPO's rules).
+      redraw: the rows are a random draw redrawn at every inner iteration, each scored under
+        the rollout policy when the rollouts are made (d1's prompt mask); False: the inner
+        iterations reuse one set of rows.
+      rollout_sampler: ``(sampler config, config) -> sampler config`` the rollouts decode
+        with, when the loss fixes the decoding order (AGDO-RL's attention-guided order);
+        None: the configured sampler.
     """
 
     config: type
@@ -350,6 +378,8 @@ class LossSpec:
     call: Callable[..., tuple[jax.Array, dict]]
     state_steps: Callable[[Any, int, int], int] | None = None
     selector: bool = False
+    redraw: bool = False
+    rollout_sampler: Callable[[Any, Any], Any] | None = None
 
     def loss_kwargs(self, cfg: Any) -> dict[str, Any]:
         """The config fields that are keyword arguments of :attr:`fn`."""
@@ -378,12 +408,13 @@ LOSSES: dict[str, LossSpec] = {
     "agdo_sft": LossSpec(AGDOSFTConfig, agdo.agdo_sft_loss, "sft", _order_state_rows,
                          _call_agdo_sft),
     "diffu_grpo": LossSpec(DiffuGRPOConfig, losses.diffu_grpo_loss, "rl", _one_step_scored_rows,
-                           _call_diffu_grpo),
+                           _call_diffu_grpo, redraw=True),
     "tracerl": LossSpec(TraceRLConfig, losses.tracerl_loss, "rl", _selected_state_rows,
                         _call_tracerl, state_steps=_sampler_steps, selector=True),
-    "wd1": LossSpec(WD1Config, losses.wd1_loss, "rl", _one_step_rows, _call_wd1),
+    "wd1": LossSpec(WD1Config, losses.wd1_loss, "rl", _one_step_rows, _call_wd1, redraw=True),
     "agdo_rl": LossSpec(AGDORLConfig, agdo.agdo_rl_loss, "rl", _attention_state_rows,
-                        _call_agdo_rl, state_steps=_order_steps),
+                        _call_agdo_rl, state_steps=_sampler_steps,
+                        rollout_sampler=_attention_guided_sampler),
 }
 
 

@@ -1,9 +1,9 @@
 """Scoring: run the model on constructed inputs and return per-token log-probs.
 
 The model returns aligned logits (Dream's shift is applied inside it, see docs/model.md), so
-every loss sees log-probs where position i scores token i. The input builders (d1's one-step estimator, TraceRL / ATPO / AGDO
-trajectory states, LLaDA's Monte-Carlo masks) are pure array functions; only
-:func:`score_masked` and :func:`mc_log_likelihood` call the network.
+every loss sees log-probs where position i scores token i. The input builders (d1's one-step
+estimator, TraceRL / ATPO / AGDO trajectory states, LLaDA's Monte-Carlo masks) are pure array
+functions; only :func:`score_masked` and :func:`mc_log_likelihood` call the network.
 
 Shapes: B rows, L = P + G positions (prompt P, generation G), K states per row, A answer
 length, N Monte-Carlo copies per round.

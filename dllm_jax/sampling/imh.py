@@ -2,14 +2,22 @@
 
 Per block, K candidate completions are drawn as one batch (``B * K`` rows) by a high-entropy
 proposal (random-order or top-probability-position decoding at ``proposal_temperature``).
-Each candidate carries ``log p_hat`` (the model's log-probability of its committed tokens along
-its own path) and ``log q`` (the proposal's log-probability of the same choices). An
-independent MH chain over the candidates targets ``p^alpha``: from the current state ``x`` it
-accepts ``x'`` with probability ``min(1, exp(alpha (lp' - lp) - (lq' - lq)))``, which is
-``exp((alpha - 1)(lp' - lp))`` at proposal temperature 1. The chain's final state is committed
-for every copy and decoding moves to the next block. Blocks are one ``lax.scan``; candidates
-are a batch dimension; the chain is a ``lax.scan`` over K. Each proposal step is the shared
-``propose`` / ``select`` over the proposal's LLaDA plan. See docs/sampling.md, "IMH".
+Each candidate carries ``lq``, the proposal's log-probability of its token choices along its
+order, and ``lp``: the model's log-probability of its tokens along that same order
+(``target='path'``) or left to right (``target='canonical'``). An independent MH chain over
+the candidates, starting at candidate 0, accepts ``x'`` from ``x`` with probability
+``min(1, exp(alpha (lp' - lp) - (lq' - lq)))``. The chain's final state is committed for every
+copy and decoding moves to the next block.
+
+What that samples (docs/sampling.md, "IMH"): the proposal's order rule picks positions from
+the canvas without looking at the token it then samples, so the chain is exact on (sequence,
+order) pairs and, per block given the blocks before, targets
+``sum_order rho(order | x) p(x | order)^alpha`` (``path``; ``rho`` is the order rule's law,
+uniform for ``random``) or ``p_LR(x)^alpha`` (``canonical``), up to the bias of a K-step chain.
+
+Blocks are one ``lax.scan``; candidates are a batch dimension; the chain is a ``lax.scan``
+over K. Each proposal step is the shared ``propose`` / ``select`` over the proposal's LLaDA
+plan. The returned sequences are the committed canvas as it is (no rewriting after EOS).
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from flax import nnx
 
 from dllm_jax.sampling.plan import Plan, propose, row_step_keys, select
 from dllm_jax.sampling.presets import IMHConfig
-from dllm_jax.sampling.record import GenerateOutput, IMHRecord, strip_after_eos
+from dllm_jax.sampling.record import GenerateOutput, IMHRecord
 
 
 def generate_imh(model, prompt_BP: np.ndarray, pmask_BP: np.ndarray, *, config: IMHConfig,
@@ -31,7 +39,8 @@ def generate_imh(model, prompt_BP: np.ndarray, pmask_BP: np.ndarray, *, config: 
     plan = config.plan(model.config, prompt_BP.shape[1])
     graphdef, state = nnx.split(model)
     seqs, acc, lp = _imh(graphdef, state, jnp.asarray(prompt_BP), jnp.asarray(pmask_BP), key,
-                         plan=plan, alpha=float(config.alpha), k=int(config.num_candidates))
+                         plan=plan, alpha=float(config.alpha), k=int(config.num_candidates),
+                         canonical=config.target == "canonical")
     return GenerateOutput(seqs, IMHRecord(acc, lp) if record else None)
 
 
@@ -56,48 +65,85 @@ def chain(lp_BK: jax.Array, lq_BK: jax.Array, u_BK: jax.Array, alpha: float
     return cur, acc / max(k - 1, 1)
 
 
-@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("plan", "alpha", "k"))
-def _imh(graphdef, state, prompt_BP, pmask_BP, key, *, plan: Plan, alpha: float, k: int):
+def token_log_probs(logits_RNV: jax.Array, tokens_RN: jax.Array, mask_id: int,
+                    temperature: float = 1.0) -> jax.Array:
+    """``log softmax(logits / temperature)`` of ``tokens_RN`` with MASK excluded (it is never
+    sampled), ``[R, N]``."""
+    not_mask = jnp.arange(logits_RNV.shape[-1]) != mask_id
+    logp = jax.nn.log_softmax(jnp.where(not_mask, logits_RNV / temperature, -jnp.inf), -1)
+    return jnp.take_along_axis(logp, tokens_RN[..., None], -1)[..., 0]
+
+
+def propose_block(model, x_RL: jax.Array, amask_RL: jax.Array, start: jax.Array,
+                  blk: jax.Array, cand_keys: jax.Array, plan: Plan
+                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Decodes block ``blk`` of every candidate row with the proposal's plan.
+
+    Returns:
+      the canvas ``[R, L]`` and, per row ``[R]``, ``lp`` (the model's log-probability of the
+      committed tokens along the row's order) and ``lq`` (the proposal's).
+    """
+    n, spb = plan.block_length, plan.steps_per_block
+    counts = jnp.asarray(plan.counts, jnp.int32)
+
+    def step(c, j):
+        x, lp, lq = c
+        logits = model(x, amask_RL, window=(start, n)).astype(jnp.float32)
+        xb = jax.lax.dynamic_slice_in_dim(x, start, n, axis=1)
+        tok_keys, pos_keys = row_step_keys(cand_keys, blk * spb + j)
+        x0, conf, _ = propose(logits, tok_keys, pos_keys, plan)
+        sel = select(conf, xb == plan.mask_id, counts[blk, j], pos_keys, plan, j == spb - 1,
+                     jnp.float32(0.0))
+        lp_tok = token_log_probs(logits, x0, plan.mask_id)
+        lq_tok = token_log_probs(logits, x0, plan.mask_id, plan.tokens.temperature)
+        lp = lp + jnp.sum(jnp.where(sel, lp_tok, 0.0), -1)
+        lq = lq + jnp.sum(jnp.where(sel, lq_tok, 0.0), -1)
+        x = jax.lax.dynamic_update_slice_in_dim(x, jnp.where(sel, x0, xb), start, axis=1)
+        return (x, lp, lq), None
+
+    zeros = jnp.zeros((x_RL.shape[0],), jnp.float32)
+    (x, lp, lq), _ = jax.lax.scan(step, (x_RL, zeros, zeros), jnp.arange(spb))
+    return x, lp, lq
+
+
+def left_to_right_log_prob(model, x_RL: jax.Array, amask_RL: jax.Array, start: jax.Array,
+                           plan: Plan) -> jax.Array:
+    """``log p_LR`` of each row's block ``[R]``: ``sum_i log p(x_i | the block's positions
+    before i, the rest of the block masked)``, one forward pass per position."""
+    n = plan.block_length
+    xb = jax.lax.dynamic_slice_in_dim(x_RL, start, n, axis=1)
+
+    def position(lp, i):
+        hidden = jnp.where(jnp.arange(n) >= i, plan.mask_id, xb)
+        x = jax.lax.dynamic_update_slice_in_dim(x_RL, hidden, start, axis=1)
+        logits = model(x, amask_RL, window=(start, n)).astype(jnp.float32)
+        return lp + token_log_probs(logits, xb, plan.mask_id)[:, i], None
+
+    lp, _ = jax.lax.scan(position, jnp.zeros((x_RL.shape[0],), jnp.float32), jnp.arange(n))
+    return lp
+
+
+@functools.partial(jax.jit, static_argnums=(0,),
+                   static_argnames=("plan", "alpha", "k", "canonical"))
+def _imh(graphdef, state, prompt_BP, pmask_BP, key, *, plan: Plan, alpha: float, k: int,
+         canonical: bool):
     model = nnx.merge(graphdef, state)
     b, p_len = prompt_BP.shape
-    g, n, nb, spb = plan.gen_length, plan.block_length, plan.num_blocks, plan.steps_per_block
-    rows = b * k
+    n, rows = plan.block_length, b * k
     x = jnp.concatenate([jnp.repeat(prompt_BP.astype(jnp.int32), k, 0),
-                         jnp.full((rows, g), plan.mask_id, jnp.int32)], 1)
+                         jnp.full((rows, plan.gen_length), plan.mask_id, jnp.int32)], 1)
     amask = jnp.concatenate([jnp.repeat(pmask_BP.astype(jnp.bool_), k, 0),
-                             jnp.ones((rows, g), jnp.bool_)], 1)
+                             jnp.ones((rows, plan.gen_length), jnp.bool_)], 1)
     row_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(b))
     cand_keys = jax.vmap(lambda rk: jax.vmap(lambda j: jax.random.fold_in(rk, j))(
         jnp.arange(k)))(row_keys).reshape((rows,) + row_keys.shape[1:])
-    counts = jnp.asarray(plan.counts, jnp.int32)
-    t_prop = plan.tokens.temperature
-    not_mask = jnp.arange(model.config.vocab_size) != plan.mask_id
 
     def block(carry, blk):
         x, lp_total = carry
         start = p_len + blk * n
-
-        def step(c, j):
-            x, lp, lq = c
-            logits = model(x, amask, window=(start, n)).astype(jnp.float32)
-            xb = jax.lax.dynamic_slice_in_dim(x, start, n, axis=1)
-            cand = xb == plan.mask_id
-            tok_keys, pos_keys = row_step_keys(cand_keys, blk * spb + j)
-            x0, conf, _ = propose(logits, tok_keys, pos_keys, plan)
-            sel = select(conf, cand, counts[blk, j], pos_keys, plan, j == spb - 1,
-                         jnp.float32(0.0))
-            masked_logits = jnp.where(not_mask, logits, -jnp.inf)
-            lp_tok = jnp.take_along_axis(jax.nn.log_softmax(masked_logits, -1), x0[..., None],
-                                         -1)[..., 0]
-            lq_tok = jnp.take_along_axis(jax.nn.log_softmax(masked_logits / t_prop, -1),
-                                         x0[..., None], -1)[..., 0]
-            lp = lp + jnp.sum(jnp.where(sel, lp_tok, 0.0), -1)
-            lq = lq + jnp.sum(jnp.where(sel, lq_tok, 0.0), -1)
-            x = jax.lax.dynamic_update_slice_in_dim(x, jnp.where(sel, x0, xb), start, axis=1)
-            return (x, lp, lq), None
-
-        zeros = jnp.zeros((rows,), jnp.float32)
-        (x, lp, lq), _ = jax.lax.scan(step, (x, zeros, zeros), jnp.arange(spb))
+        x, lp, lq = propose_block(model, x, amask, start, blk, cand_keys, plan)
+        if canonical:
+            lp = left_to_right_log_prob(model, x, amask, start, plan)
         u = jax.vmap(lambda rk: jax.random.uniform(jax.random.fold_in(rk, 1_000_003 + blk),
                                                    (k,)))(row_keys)
         choice, acc = chain(lp.reshape(b, k), lq.reshape(b, k), u, alpha)
@@ -108,6 +154,5 @@ def _imh(graphdef, state, prompt_BP, pmask_BP, key, *, plan: Plan, alpha: float,
         return (x, lp_total), acc
 
     (x, lp_total), acc_NB = jax.lax.scan(block, (x, jnp.zeros((b,), jnp.float32)),
-                                         jnp.arange(nb))
-    seqs = strip_after_eos(x[::k], p_len, plan.eos_id, plan.pad_id)
-    return seqs, acc_NB.T, lp_total
+                                         jnp.arange(plan.num_blocks))
+    return x[::k], acc_NB.T, lp_total

@@ -25,18 +25,12 @@ from flax import nnx
 
 from dllm_jax.data.batching import left_pad
 from dllm_jax.errors import ConfigError
+from dllm_jax.sampling.budget import check_request
 from dllm_jax.sampling.imh import generate_imh
 from dllm_jax.sampling.plan import Plan, propose, row_step_keys, select
 from dllm_jax.sampling.presets import IMHConfig
-from dllm_jax.sampling.record import (
-    CommitRecord,
-    GenerateOutput,
-    Recorder,
-    StepRecord,
-    Trajectory,
-    strip_after_eos,
-)
-from dllm_jax.sampling.sources import LogitsFn, ModelLogits
+from dllm_jax.sampling.record import CommitRecord, GenerateOutput, Recorder, StepRecord, Trajectory
+from dllm_jax.sampling.sources import ClassifierFreeGuidance, LogitsFn, ModelLogits
 
 
 def as_key(key: Any) -> jax.Array:
@@ -87,10 +81,15 @@ def generate(model: nnx.Module, prompt_ids: Any, attention_mask: Any = None, *, 
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else (cfg.eos_token_id or 0)
     ids, mask = as_batch(prompt_ids, attention_mask, pad)
     if isinstance(config, IMHConfig):
+        check_request(cfg, ids.shape[0] * config.num_candidates, ids.shape[1],
+                      config.gen_length, config.block_length)
         return generate_imh(model, ids, mask, config=config, key=as_key(key), record=record)
     plan = config.plan(cfg, ids.shape[1])
     if record_attention and not plan.cache.keeps_attention:
         raise ConfigError("record_attention needs cache='none'")
+    rows = ids.shape[0] * (2 if isinstance(plan.guidance, ClassifierFreeGuidance) else 1)
+    check_request(cfg, rows, ids.shape[1], plan.gen_length, plan.block_length,
+                  cache=not plan.cache.keeps_attention, extra=plan.cache.extra_slots)
     graphdef, state = nnx.split(model)
     seqs, traj = _sample(graphdef, state, jnp.asarray(ids), jnp.asarray(mask), as_key(key),
                          plan=plan, record=record, record_attention=record_attention)
@@ -203,7 +202,8 @@ def schedule_arrays(plan: Plan) -> tuple[jax.Array, jax.Array]:
 def run_plan(model: nnx.Module, prompt_BP: jax.Array, pmask_BP: jax.Array, key: jax.Array,
              plan: Plan, *, record: bool = False, record_attention: bool = False
              ) -> tuple[jax.Array, Trajectory | None]:
-    """The sampler body (call inside ``jit``): returns ``sequences [B, P+G]`` and the record."""
+    """The sampler body (call inside ``jit``): returns ``sequences [B, P+G]`` exactly as
+    committed (tokens after an EOS included, as the references return them) and the record."""
     b, p_len = prompt_BP.shape
     canvas_BL, amask_BL = initial_canvas(prompt_BP, pmask_BP, plan)
     recorder = Recorder(record, record_attention)
@@ -219,6 +219,4 @@ def run_plan(model: nnx.Module, prompt_BP: jax.Array, pmask_BP: jax.Array, key: 
 
     init = Carry(canvas_BL, recorder.empty(b, plan.gen_length))
     final, steps = jax.lax.scan(run_block, init, jnp.arange(plan.num_blocks))
-    seqs = strip_after_eos(final.canvas_BL[:, :p_len + plan.gen_length], p_len, plan.eos_id,
-                           plan.pad_id)
-    return seqs, recorder.trajectory(final.commits, steps)
+    return final.canvas_BL[:, :p_len + plan.gen_length], recorder.trajectory(final.commits, steps)

@@ -25,7 +25,8 @@ class Plan:
       gen_length: ``G``, generated positions.
       block_length: ``N``, positions per semi-autoregressive block.
       num_blocks: ``G / N``.
-      steps_per_block: denoising steps per block.
+      steps_per_block: step slots per block (``steps / num_blocks``; ``block_length`` under a
+        confidence threshold, where a block runs until it is complete).
       rule: the preset's position rule, by name (what ``scorer`` implements).
       tokens: proposes a token per position.
       scorer: ranks positions.

@@ -11,13 +11,20 @@ LLaDA and Dream share one path (``_BlockPreset``): it validates the knobs they h
 and assembles the plan; each preset only validates its own knobs and says which token sampler,
 position scorer, transfer rule and guidance they select (``_decoding``). See docs/sampling.md,
 "Structure".
+
+Defaults are the ones each original runs with when the knob is not given (docs/sampling.md,
+"Defaults"): LLaDA's ``generate`` signature; for Dream, what ``diffusion_generate`` resolves
+without a generation config (``DreamConfig.from_pretrained`` reads a checkpoint's own values).
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import NamedTuple
+import json
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -29,7 +36,6 @@ from dllm_jax.sampling.strategies import (
     CoinFlip,
     ConfidenceThreshold,
     GumbelMax,
-    NoSpecialTokens,
     PositionScorer,
     TemperedSoftmax,
     TokenSampler,
@@ -43,6 +49,7 @@ LLADA_REMASKING = ("low_confidence", "random", "tpp", "topk_margin", "entropy", 
 DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 CACHE_MODES = ("none", "prefix", "dual")
 IMH_PROPOSALS = ("random", "tpp")
+IMH_TARGETS = ("path", "canonical")
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -109,6 +116,7 @@ class _Ids(NamedTuple):
     mask_id: int
     eos_id: int  # -1: the model has no EOS
     pad_id: int
+    vocab_size: int
 
 
 def _ids(model_config: ModelConfig, mask_id: int | None) -> _Ids:
@@ -118,7 +126,7 @@ def _ids(model_config: ModelConfig, mask_id: int | None) -> _Ids:
     eos = model_config.eos_token_id
     pad = model_config.pad_token_id if model_config.pad_token_id is not None else eos
     return _Ids(mask_id=int(mask), eos_id=-1 if eos is None else int(eos),
-                pad_id=int(pad if pad is not None else 0))
+                pad_id=int(pad if pad is not None else 0), vocab_size=model_config.vocab_size)
 
 
 class _Decoding(NamedTuple):
@@ -129,6 +137,7 @@ class _Decoding(NamedTuple):
     scorer: PositionScorer
     transfer: TransferRule
     guidance: Guidance
+    steps_per_block: int  # step slots per block (a block may complete before the last)
     counts: tuple[int, ...] | None = None  # per step of every block
     transfer_probs: tuple[float, ...] | None = None
 
@@ -159,7 +168,8 @@ class _BlockPreset(abc.ABC):
         _check(self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}")
         _check(self.top_p is None or 0 < self.top_p <= 1,
                f"top_p must be in (0, 1], got {self.top_p}")
-        _check(self.top_k is None or self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}")
+        _check(self.top_k is None or self.top_k >= 0,
+               f"top_k must be >= 0 (0: no top-k filter), got {self.top_k}")
         _check(self.alg_temp is None or self.alg_temp >= 0,
                f"alg_temp must be >= 0, got {self.alg_temp}")
         _check(self.cache in CACHE_MODES,
@@ -171,13 +181,13 @@ class _BlockPreset(abc.ABC):
                "a model with shifted logits needs a non-empty prompt")
         _, length, block = self._blocks()
         blocks = length // block
-        spb = self.steps // blocks
         ids = _ids(model_config, self.mask_id)
-        d = self._decoding(ids, block, spb)
+        d = self._decoding(ids, block, self.steps // blocks)
         return Plan(gen_length=length, block_length=block, num_blocks=blocks,
-                    steps_per_block=spb, rule=d.rule, tokens=d.tokens, scorer=d.scorer,
-                    transfer=d.transfer, guidance=d.guidance,
-                    cache=logits_source(self.cache, length, block), **ids._asdict(),
+                    steps_per_block=d.steps_per_block, rule=d.rule, tokens=d.tokens,
+                    scorer=d.scorer, transfer=d.transfer, guidance=d.guidance,
+                    cache=logits_source(self.cache, length, block), mask_id=ids.mask_id,
+                    eos_id=ids.eos_id, pad_id=ids.pad_id,
                     counts=None if d.counts is None else (d.counts,) * blocks,
                     transfer_probs=d.transfer_probs)
 
@@ -198,14 +208,21 @@ class LLaDAConfig(_BlockPreset):
       remasking: which masked positions to commit: ``low_confidence`` (sample, then keep the
         most probable samples), ``random``, ``tpp`` (top-probability position, then sample),
         ``topk_margin``, ``entropy`` or ``max_s`` (AGDO: largest attention to committed tokens).
-      threshold: if set, Fast-dLLM parallel decoding: commit every candidate whose confidence is
-        >= threshold (at least one per step; the block's last step commits what is left).
-      top_p, top_k: optional filtering of the token distribution before sampling.
+      threshold: if set, Fast-dLLM parallel decoding: commit the best candidate and every
+        other one whose confidence is >= threshold; a block runs until it is complete (at most
+        ``block_length`` steps, as Fast-dLLM's loop), so ``steps`` only has to divide.
+      top_p, top_k: optional filtering of the token distribution before sampling (``top_k``
+        0 or None: no top-k filter).
       alg_temp: > 0 samples positions from ``softmax(confidence / alg_temp)`` without
         replacement instead of taking the top ones.
       logits_eos_inf: EOS logit set to -inf before sampling.
-      confidence_eos_eot_inf: positions whose sample is EOS or EOT get confidence -inf.
-      eot_token_id: EOT id for ``confidence_eos_eot_inf`` (LLaDA-Instruct: 126348).
+      confidence_eos_eot_inf: after the token is drawn, the EOT logit (and at temperature 0
+        also the EOS logit) is -inf in the distribution the position rule scores, as the
+        original's ``logits_with_noise[..., EOS] = logits[..., EOT] = -inf`` (at temperature 0
+        both names are one tensor). A position proposing such a token gets confidence 0 under
+        ``low_confidence``: last among the candidates, still committed when the count needs it.
+      eot_token_id: EOT id for ``confidence_eos_eot_inf`` (LLaDA-8B-Instruct: 126348, the id
+        the original hard-codes); None: the model has no EOT.
       mask_id: MASK id; default the model's.
       cache: ``none``, ``prefix`` or ``dual`` block KV cache (Fast-dLLM).
     """
@@ -235,39 +252,81 @@ class LLaDAConfig(_BlockPreset):
                f"threshold must be in [0, 1], got {self.threshold}")
         _check(not (self.cache != "none" and self.remasking == "max_s"),
                "remasking 'max_s' needs full attention statistics; use cache='none'")
+        _check(self.eot_token_id is None or self.eot_token_id >= 0,
+               f"eot_token_id must be >= 0, got {self.eot_token_id}")
 
     def _blocks(self) -> tuple[str, int, int]:
         return "gen_length", self.gen_length, self.block_length
 
+    def _unscored_ids(self, ids: _Ids) -> tuple[int, ...]:
+        """The ids ``confidence_eos_eot_inf`` removes from the scored distribution."""
+        if not self.confidence_eos_eot_inf:
+            return ()
+        eot = self.eot_token_id
+        _check(eot is None or eot < ids.vocab_size,
+               f"eot_token_id {eot} is not a token of the model (vocab {ids.vocab_size})")
+        eos = ids.eos_id if self.temperature == 0 else -1
+        return tuple(sorted({i for i in (eos, -1 if eot is None else eot) if i >= 0}))
+
     def _decoding(self, ids: _Ids, block_length: int, steps_per_block: int) -> _Decoding:
-        scorer = position_scorer(self.remasking, ids.mask_id)
-        if self.confidence_eos_eot_inf:
-            eot = -1 if self.eot_token_id is None else int(self.eot_token_id)
-            scorer = NoSpecialTokens(scorer, eos_id=ids.eos_id, eot_id=eot)
         alg_temp = float(self.alg_temp or 0.0)
-        counts = None
         if self.threshold is None:
-            transfer = TopCount(alg_temp)
-            counts = llada_counts(block_length, steps_per_block)
+            transfer, counts = TopCount(alg_temp), llada_counts(block_length, steps_per_block)
         else:
-            transfer = ConfidenceThreshold(self.threshold, alg_temp)
+            transfer, counts = ConfidenceThreshold(self.threshold, alg_temp), None
+            steps_per_block = block_length  # Fast-dLLM: until the block is complete
         banned = ids.eos_id if self.logits_eos_inf and ids.eos_id >= 0 else None
         tokens = GumbelMax(float(self.temperature), ids.mask_id,
-                           token_filters(self.top_p, self.top_k), banned_id=banned)
+                           token_filters(self.top_p, self.top_k), banned_id=banned,
+                           unscored_ids=self._unscored_ids(ids))
         guidance = (ClassifierFreeGuidance(float(self.cfg_scale), ids.mask_id)
                     if self.cfg_scale > 0 else NoGuidance())
-        return _Decoding(rule=self.remasking, tokens=tokens, scorer=scorer, transfer=transfer,
-                         guidance=guidance, counts=counts)
+        return _Decoding(rule=self.remasking, tokens=tokens,
+                         scorer=position_scorer(self.remasking, ids.mask_id), transfer=transfer,
+                         guidance=guidance, steps_per_block=steps_per_block, counts=counts)
+
+
+# Dream's ``diffusion_generate`` without a generation config builds one with
+# ``DreamGenerationConfig.from_model_config(model.config)``: under transformers 4.46.2 (the
+# version Dream pins) the model config carries ``PretrainedConfig``'s legacy generation
+# attributes (``_get_global_generation_defaults``: temperature 1.0, top_k 50, top_p 1.0) unless
+# its config.json sets them, and ``from_model_config`` drops keys whose value is null, so those
+# fall back to ``DreamGenerationConfig.__init__``'s own defaults (below). The checkpoint's
+# generation_config.json is not read on that path.
+_DREAM_NULL_DEFAULTS: dict[str, Any] = {
+    "temperature": 0.0, "top_p": None, "top_k": None, "steps": 512, "eps": 1e-3,
+    "alg": "origin", "alg_temp": None}
+
+
+def dream_checkpoint_knobs(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The Dream knobs a checkpoint's config.json sets (``{}`` when it has none or no
+    config.json, e.g. a dllm-jax checkpoint); raises ``ConfigError`` on unreadable JSON."""
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        return {}
+    try:
+        hf = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    return {k: hf[k] if hf[k] is not None else null_default
+            for k, null_default in _DREAM_NULL_DEFAULTS.items() if k in hf}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DreamConfig(_BlockPreset):
     """Dream's ``diffusion_generate`` (Dream ``generation_utils.py``).
 
+    Defaults are what the original runs with when the caller does not pass the knob (see
+    docs/sampling.md, "Defaults"): ``temperature`` 1.0 and ``top_k`` 50 (inherited from the
+    model config under transformers 4.46.2; its ``top_p`` 1.0 filters nothing, written None
+    here). ``from_pretrained`` applies a checkpoint's own values first.
+
     Attributes:
       steps: denoising steps.
       max_new_tokens: tokens to generate.
-      temperature, top_p, top_k: token distribution (``logits / T``, then filters, softmax).
+      temperature, top_p, top_k: token distribution (``logits / T``, then top-p, then top-k,
+        softmax); ``top_k`` 0 or None: no top-k filter (``top_k=None`` is how the original
+        turns it off).
       eps: the time grid is ``linspace(1, eps, steps + 1)``.
       alg: ``origin`` (each masked position commits with probability ``1 - s/t``),
         ``maskgit_plus``, ``topk_margin`` or ``entropy`` (commit ``int(m (1 - s/t))``
@@ -284,9 +343,9 @@ class DreamConfig(_BlockPreset):
 
     steps: int = 512
     max_new_tokens: int = 512
-    temperature: float = 0.0
+    temperature: float = 1.0
     top_p: float | None = None
-    top_k: int | None = None
+    top_k: int | None = 50
     eps: float = 1e-3
     alg: str = "origin"
     alg_temp: float | None = None
@@ -299,6 +358,13 @@ class DreamConfig(_BlockPreset):
         _check(self.alg in DREAM_ALGS, f"unknown alg {self.alg!r}; choose from {DREAM_ALGS}")
         _check(0 < self.eps < 1, f"eps must be in (0, 1), got {self.eps}")
 
+    @classmethod
+    def from_pretrained(cls, model_dir: str | os.PathLike[str], **overrides: Any) -> DreamConfig:
+        """The preset as the original resolves it for the checkpoint in ``model_dir``: the
+        generation knobs its config.json sets, then these defaults, with ``overrides`` (the
+        caller's arguments) on top."""
+        return cls(**{**dream_checkpoint_knobs(model_dir), **overrides})
+
     def _blocks(self) -> tuple[str, int, int]:
         return "max_new_tokens", self.max_new_tokens, self.block_length or self.max_new_tokens
 
@@ -306,7 +372,7 @@ class DreamConfig(_BlockPreset):
         tokens = TemperedSoftmax(float(self.temperature), ids.mask_id,
                                  token_filters(self.top_p, self.top_k))
         common = dict(rule=self.alg, tokens=tokens, scorer=position_scorer(self.alg, ids.mask_id),
-                      guidance=NoGuidance())
+                      guidance=NoGuidance(), steps_per_block=steps_per_block)
         if self.alg == "origin":
             return _Decoding(**common, transfer=CoinFlip(),
                              transfer_probs=dream_transfer_probs(steps_per_block, self.eps))
@@ -317,13 +383,19 @@ class DreamConfig(_BlockPreset):
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class IMHConfig:
     """Global tempering by Independent Metropolis-Hastings over K block candidates (see
-    docs/sampling.md, "IMH").
+    docs/sampling.md, "IMH", for the distribution it samples).
 
     Attributes:
-      alpha: target ``p^alpha`` (1 reproduces the proposal; large is greedy over candidates).
+      alpha: tempering exponent (1 with ``target='path'`` at proposal temperature 1 accepts
+        every candidate; large is greedy over the candidates).
       num_candidates: K candidate completions of each block, drawn as one batch.
       proposal: ``random`` (random-order remasking) or ``tpp`` at ``proposal_temperature``.
       proposal_temperature: temperature of the proposal's token sampling.
+      target: how a candidate is scored: ``path`` (the model's log-probability of its tokens
+        along its own decoding order; per block the output follows the order average
+        ``E_order[p(x | order)^alpha]``) or ``canonical`` (rescored left to right, one
+        position per forward pass: ``block_length`` extra passes per block; per block the
+        output follows ``p_LR(x)^alpha``, whatever the proposal's order).
       gen_length, block_length, steps: as in LLaDA (steps over all blocks).
       mask_id: MASK id; default the model's.
     """
@@ -332,6 +404,7 @@ class IMHConfig:
     num_candidates: int = 8
     proposal: str = "random"
     proposal_temperature: float = 1.0
+    target: str = "path"
     gen_length: int = 128
     block_length: int = 32
     steps: int = 128
@@ -344,6 +417,8 @@ class IMHConfig:
                f"unknown proposal {self.proposal!r}; choose from {IMH_PROPOSALS}")
         _check(self.proposal_temperature > 0,
                f"proposal_temperature must be > 0, got {self.proposal_temperature}")
+        _check(self.target in IMH_TARGETS,
+               f"unknown IMH target {self.target!r}; choose from {IMH_TARGETS}")
         LLaDAConfig(steps=self.steps, gen_length=self.gen_length, block_length=self.block_length)
 
     def proposal_config(self) -> LLaDAConfig:

@@ -20,16 +20,28 @@ from dllm_jax.sampling.strategies import token_prob, top2_margin
 class Trajectory(NamedTuple):
     """What happened during sampling (G generated positions, T total steps).
 
+    A step is *valid* when it committed at least one token. A step that committed nothing (a
+    block finished early under a confidence threshold, Dream's ``origin`` coin flips that
+    commit nothing) changes nothing: its statistics are 0 and every consumer (the zone
+    analysis, the ATPO selectors) skips it. See docs/sampling.md, "Trajectory record".
+
     Attributes:
       step_map: int32 ``[B, G]``, the 0-based global step at which each position was committed.
       confidence: f32 ``[B, G]``, the model's (untempered) probability of the committed token
         at the step it was committed.
       entropy: f32 ``[B, T]``, ``H_t``: mean entropy of the model's distribution over the
-        positions still masked in the current block before step ``t`` commits.
-      margin: f32 ``[B, T]``, ``CM_t``: mean top-1 minus top-2 probability over the same set.
-      roec: f32 ``[B, T]``, ``|H_t - H_{t-1}|`` (0 at the first step).
+        positions still masked in the current block before step ``t`` commits (0 at invalid
+        steps).
+      margin: f32 ``[B, T]``, ``CM_t``: mean top-1 minus top-2 probability over the same set
+        (0 at invalid steps).
+      roec: f32 ``[B, T]``, ``|H_t - H_t'|`` with ``t'`` the previous valid step of the same
+        block; 0 at the first valid step of each block and at invalid steps.
       num_committed: int32 ``[B, T]``.
+      valid: bool ``[B, T]``, ``num_committed > 0``.
       attn_s: f32 ``[B, G]`` AGDO's ``S_i`` at commit time (only with ``record_attention``).
+      top_ids, top_probs: int32 / f32 ``[B, G, k]``, the ``k = TOP_K`` most probable tokens of
+        the model's (untempered) distribution at each position when it committed, most probable
+        first (the alternatives the viewer shows).
     """
 
     step_map: jax.Array
@@ -38,34 +50,34 @@ class Trajectory(NamedTuple):
     margin: jax.Array
     roec: jax.Array
     num_committed: jax.Array
+    valid: jax.Array
     attn_s: jax.Array | None = None
+    top_ids: jax.Array | None = None
+    top_probs: jax.Array | None = None
+
+
+TOP_K = 3
 
 
 class IMHRecord(NamedTuple):
     """IMH's record: ``acceptance`` f32 ``[B, num_blocks]`` (accepted moves / (K - 1) per
-    block) and ``log_prob`` f32 ``[B]`` (the model's log-probability of the returned
-    completion along the chosen candidates' paths)."""
+    block) and ``log_prob`` f32 ``[B]`` (the sum over blocks of the chosen candidates' ``lp``:
+    the model's log-probability along their own orders, or left to right with
+    ``target='canonical'``)."""
 
     acceptance: jax.Array
     log_prob: jax.Array
 
 
 class GenerateOutput(NamedTuple):
-    """``sequences`` int32 ``[B, P + G]`` (prompt as given, then the completion, with tokens
-    after the first EOS replaced by padding) and the optional ``trajectory``."""
+    """``sequences`` int32 ``[B, P + G]``: the prompt as given, then exactly what the sampler
+    committed at every generated position (tokens after an EOS included, as LLaDA's and
+    Dream's originals return them; cut with
+    :func:`dllm_jax.data.batching.completion_until_eos` to decode or score);
+    and the optional ``trajectory``."""
 
     sequences: jax.Array
     trajectory: Trajectory | IMHRecord | None = None
-
-
-def strip_after_eos(seqs_BL: jax.Array, p_len: int, eos_id: int, pad_id: int) -> jax.Array:
-    """Generated tokens after the first EOS become padding (the EOS itself is kept)."""
-    if eos_id < 0:
-        return seqs_BL
-    gen = seqs_BL[:, p_len:]
-    is_eos = (gen == eos_id).astype(jnp.int32)
-    after = (jnp.cumsum(is_eos, axis=1) - is_eos) > 0
-    return seqs_BL.at[:, p_len:].set(jnp.where(after, pad_id, gen))
 
 
 def step_stats(p_BNV: jax.Array, cand_BN: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -78,12 +90,32 @@ def step_stats(p_BNV: jax.Array, cand_BN: jax.Array) -> tuple[jax.Array, jax.Arr
     return (ent * w).sum(-1) / denom, (marg * w).sum(-1) / denom
 
 
+def block_roec(entropy_NTB: jax.Array, valid_NTB: jax.Array) -> jax.Array:
+    """RoEC over the consecutive valid steps of each block.
+
+    ``|H_t - H_t'|`` with ``t'`` the block's previous valid step; 0 at the block's first valid
+    step (a new block averages over a new set of positions, so its first ``H`` is not a change
+    of the old one) and at invalid steps.
+
+    Args:
+      entropy_NTB: ``H_t`` as ``[blocks, steps per block, B]``.
+      valid_NTB: bool, which steps committed something, same shape.
+    """
+    s = jnp.arange(entropy_NTB.shape[1])[None, :, None]
+    last = jax.lax.cummax(jnp.where(valid_NTB, s, -1), axis=1)  # last valid step <= s
+    prev = jnp.concatenate([jnp.full_like(last[:, :1], -1), last[:, :-1]], axis=1)
+    h_prev = jnp.take_along_axis(entropy_NTB, jnp.maximum(prev, 0), axis=1)
+    return jnp.where(valid_NTB & (prev >= 0), jnp.abs(entropy_NTB - h_prev), 0.0)
+
+
 class CommitRecord(NamedTuple):
     """Per generated position, written when it commits: ``[B, G]`` each."""
 
     step_map: jax.Array
     confidence: jax.Array
     attn_s: jax.Array
+    top_ids: jax.Array
+    top_probs: jax.Array
 
 
 class StepRecord(NamedTuple):
@@ -102,8 +134,10 @@ class Recorder:
     record_attention: bool
 
     def empty(self, b: int, g: int) -> CommitRecord:
+        k = TOP_K if self.record else 0
         return CommitRecord(jnp.full((b, g), -1, jnp.int32), jnp.zeros((b, g), jnp.float32),
-                            jnp.zeros((b, g), jnp.float32))
+                            jnp.zeros((b, g), jnp.float32), jnp.zeros((b, g, k), jnp.int32),
+                            jnp.zeros((b, g, k), jnp.float32))
 
     def commit(self, rec: CommitRecord, sel_BN: jax.Array, offset: jax.Array, t: jax.Array,
                p_BNV: jax.Array, x0_BN: jax.Array, s_BN: jax.Array | None) -> CommitRecord:
@@ -114,7 +148,8 @@ class Recorder:
 
         def write(rec_BG, val_BN):
             old = jax.lax.dynamic_slice_in_dim(rec_BG, offset, n, axis=1)
-            return jax.lax.dynamic_update_slice_in_dim(rec_BG, jnp.where(sel_BN, val_BN, old),
+            sel = sel_BN.reshape(sel_BN.shape + (1,) * (val_BN.ndim - 2))
+            return jax.lax.dynamic_update_slice_in_dim(rec_BG, jnp.where(sel, val_BN, old),
                                                        offset, axis=1)
 
         step_map = write(rec.step_map, jnp.broadcast_to(t, sel_BN.shape).astype(jnp.int32))
@@ -122,7 +157,9 @@ class Recorder:
         attn_s = rec.attn_s
         if self.record_attention:
             attn_s = write(attn_s, s_BN.astype(jnp.float32))
-        return CommitRecord(step_map, confidence, attn_s)
+        top_p, top_i = jax.lax.top_k(p_BNV.astype(jnp.float32), TOP_K)
+        return CommitRecord(step_map, confidence, attn_s, write(rec.top_ids, top_i.astype(
+            jnp.int32)), write(rec.top_probs, top_p))
 
     def step(self, sel_BN: jax.Array, p_BNV: jax.Array, cand_BN: jax.Array) -> StepRecord:
         committed = sel_BN.sum(-1).astype(jnp.int32)
@@ -141,9 +178,15 @@ class Recorder:
         """The record from the final ``CommitRecord`` and the scans' ``[blocks, steps, B]``."""
         if not self.record:
             return None
-        steps = jax.tree.map(lambda a: a.reshape(-1, a.shape[-1]).T, steps_NTB)
-        h = steps.entropy
-        roec = jnp.concatenate([jnp.zeros((h.shape[0], 1)), jnp.abs(h[:, 1:] - h[:, :-1])], axis=1)
-        return Trajectory(step_map=rec.step_map, confidence=rec.confidence, entropy=h,
-                          margin=steps.margin, roec=roec, num_committed=steps.num_committed,
-                          attn_s=rec.attn_s if self.record_attention else None)
+        valid = steps_NTB.num_committed > 0
+        h = jnp.where(valid, steps_NTB.entropy, 0.0)
+        cm = jnp.where(valid, steps_NTB.margin, 0.0)
+
+        def rows(a_NTB):
+            return a_NTB.reshape(-1, a_NTB.shape[-1]).T
+
+        return Trajectory(step_map=rec.step_map, confidence=rec.confidence, entropy=rows(h),
+                          margin=rows(cm), roec=rows(block_roec(h, valid)),
+                          num_committed=rows(steps_NTB.num_committed), valid=rows(valid),
+                          attn_s=rec.attn_s if self.record_attention else None,
+                          top_ids=rec.top_ids, top_probs=rec.top_probs)

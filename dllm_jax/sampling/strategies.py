@@ -7,9 +7,14 @@ A step has three decisions, each made by one object held in the ``Plan``:
   Gumbel-max on raw logits; ``TemperedSoftmax``: Dream's tempered, filtered softmax), with
   ``TopP`` / ``TopK`` filters only when requested;
 - a **position scorer** gives each position a confidence (``position_scorer`` maps every
-  remasking rule / Dream ``alg`` name to one; ``NoSpecialTokens`` is the EOS/EOT rule);
+  remasking rule / Dream ``alg`` name to one);
 - a **transfer rule** picks which masked positions commit (``TopCount``: a precomputed count;
   ``ConfidenceThreshold``: Fast-dLLM; ``CoinFlip``: Dream's ``origin``).
+
+Noise follows one contract (docs/sampling.md, "Randomness"): tokens draw
+``gumbel(token_key, [N, V])``, position rules ``uniform(position_key, [N])``, ``origin``'s coin
+flips ``uniform(fold_in(position_key, 2), [N])`` and ``alg_temp`` ``gumbel(fold_in(position_key,
+3), [N])``, so tests can replay the same draws through the reference implementations.
 
 All of them are pure functions of arrays (shapes: B batch, N block length, V vocabulary), so
 tests can call them without a model. A new rule is a new class here plus its name in
@@ -88,11 +93,12 @@ TokenFilter = TopP | TopK
 
 
 def token_filters(top_p: float | None, top_k: int | None) -> tuple[TokenFilter, ...]:
-    """The filters a preset asked for, applied in this order (top-p, then top-k)."""
+    """The filters a preset asked for, applied in this order (top-p, then top-k). ``top_p``
+    None or 1 and ``top_k`` None or 0 filter nothing."""
     filters: tuple[TokenFilter, ...] = ()
     if top_p is not None and top_p < 1:
         filters += (TopP(top_p),)
-    if top_k is not None:
+    if top_k:
         filters += (TopK(top_k),)
     return filters
 
@@ -112,7 +118,8 @@ class Proposal(NamedTuple):
     Attributes:
       tokens_BN: int32 proposed tokens (never MASK).
       probs_BNV: the distribution the position rule scores.
-      model_probs_BNV: the model's untempered distribution (for the record).
+      model_probs_BNV: the model's untempered distribution (for the record; with
+        ``logits_eos_inf`` EOS has probability 0).
     """
 
     tokens_BN: jax.Array
@@ -122,20 +129,26 @@ class Proposal(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class GumbelMax:
-    """LLaDA: ``argmax(filtered logits + T * gumbel)`` on the raw logits (argmax at ``T = 0``);
-    the position rule scores the untempered softmax.
+    """LLaDA: ``argmax(filtered logits + T * gumbel)`` on the raw logits (argmax at ``T = 0``;
+    the same draw as the reference's ``exp(logits) / (-log u) ** T`` with
+    ``u = exp(-exp(-gumbel))``); the position rule scores the untempered softmax.
 
     Attributes:
       temperature: Gumbel noise scale.
       mask_id: never proposed.
       filters: top-p / top-k on the logits before the noise.
       banned_id: a token whose logit is -inf before anything else (``logits_eos_inf``).
+      unscored_ids: tokens whose logits are -inf in the distribution the position rule scores,
+        set after the token is drawn (``confidence_eos_eot_inf``): a position proposing one
+        of them gets probability-based confidence 0, last among the candidates but still
+        committed when its step's count needs it.
     """
 
     temperature: float
     mask_id: int
     filters: tuple[TokenFilter, ...] = ()
     banned_id: int | None = None
+    unscored_ids: tuple[int, ...] = ()
 
     def __call__(self, logits_BNV: jax.Array, keys_B: jax.Array) -> Proposal:
         logits = logits_BNV.astype(jnp.float32)
@@ -145,7 +158,10 @@ class GumbelMax:
         z = _filtered(logits, self.filters)
         if self.temperature > 0:
             z = z + self.temperature * _gumbel(keys_B, z.shape[1:])
-        return Proposal(_argmax_but_mask(z, self.mask_id), p, p)
+        scored = p
+        if self.unscored_ids:
+            scored = jax.nn.softmax(logits.at[..., list(self.unscored_ids)].set(NEG_INF), axis=-1)
+        return Proposal(_argmax_but_mask(z, self.mask_id), scored, p)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,33 +255,11 @@ class AttentionMass:
         return s_BN.astype(jnp.float32)
 
 
-BaseScorer = (SampledTokenProbability | RandomOrder | TopProbability | TopTwoMargin
-              | NegativeEntropy | AttentionMass)
+PositionScorer = (SampledTokenProbability | RandomOrder | TopProbability | TopTwoMargin
+                  | NegativeEntropy | AttentionMass)
 
 
-@dataclasses.dataclass(frozen=True)
-class NoSpecialTokens:
-    """``confidence_eos_eot_inf``: positions whose proposal is EOS or EOT get confidence -inf
-    (an id of -1 matches nothing)."""
-
-    inner: BaseScorer
-    eos_id: int
-    eot_id: int
-
-    @property
-    def needs_attention(self) -> bool:
-        return self.inner.needs_attention
-
-    def __call__(self, prop: Proposal, keys_B: jax.Array, s_BN: jax.Array | None) -> jax.Array:
-        conf = self.inner(prop, keys_B, s_BN)
-        special = (prop.tokens_BN == self.eos_id) | (prop.tokens_BN == self.eot_id)
-        return jnp.where(special, NEG_INF, conf)
-
-
-PositionScorer = BaseScorer | NoSpecialTokens
-
-
-def position_scorer(rule: str, mask_id: int) -> BaseScorer:
+def position_scorer(rule: str, mask_id: int) -> PositionScorer:
     """The scorer behind a remasking rule or Dream ``alg`` name (the one table of names)."""
     return {
         "low_confidence": SampledTokenProbability(),
@@ -315,8 +309,10 @@ class TopCount:
 
 @dataclasses.dataclass(frozen=True)
 class ConfidenceThreshold:
-    """Fast-dLLM: every candidate with confidence >= ``threshold``, at least the best one; the
-    block's last step commits what is left."""
+    """Fast-dLLM ``get_transfer_index`` with a threshold: the best-ranked candidate and every
+    other candidate whose confidence is >= ``threshold``. At least one position commits per
+    step, so a block of ``N`` positions completes within ``N`` steps (the plan gives it that
+    many; steps after it completes are skipped, as Fast-dLLM's loop stops)."""
 
     threshold: float
     alg_temp: float = 0.0
@@ -326,8 +322,7 @@ class ConfidenceThreshold:
                  count: jax.Array, last: jax.Array, transfer_prob: jax.Array) -> jax.Array:
         score = _ranking(conf_BN, cand_BN, keys_B, self.alg_temp)
         best = jax.nn.one_hot(jnp.argmax(score, axis=-1), conf_BN.shape[1], dtype=jnp.bool_)
-        sel = cand_BN & ((conf_BN >= self.threshold) | best)
-        return jnp.where(last, cand_BN, sel)
+        return cand_BN & ((conf_BN >= self.threshold) | best)
 
 
 @dataclasses.dataclass(frozen=True)

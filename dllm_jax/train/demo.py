@@ -4,8 +4,11 @@ The demo trains a small masked-diffusion transformer from scratch on a built-in 
 program, stopped early so there is room for RL), samples with low-confidence and random
 remasking, records trajectories and measures how well confusion-zone statistics predict
 correctness, runs the RL program from the SFT checkpoint with the uniform selector, with ATPO
-at the same budget and seed, and with AGDO, and writes everything (checkpoints, metrics, plots,
-``report.md``, ``results.json``) under one directory.
+at the same budget and seed, and with AGDO (whose rollouts decode in its attention-guided
+``max_s`` order), and writes everything (checkpoints, metrics, plots, ``report.md``,
+``results.json``) under one directory. Every model is evaluated with low-confidence and random
+remasking; the SFT model and the AGDO-trained one also with ``max_s``, the order AGDO trains
+in.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from dllm_jax.analysis.zones import plot_trajectory, zone_report
+from dllm_jax.analysis.plot import plot_trajectory
+from dllm_jax.analysis.zones import zone_report
 from dllm_jax.data.sources import TaskSource
 from dllm_jax.sampling import LLaDAConfig, generate
 from dllm_jax.tasks import get_puzzle
@@ -31,6 +35,11 @@ from dllm_jax.weights.convert import from_pretrained
 
 METHODS = ("sft", "rl_uniform", "rl_atpo", "rl_agdo")
 RULES = ("low_confidence", "random")
+ATTENTION_RULE = "max_s"  # AGDO's attention-guided order
+# The decoding rules each method is evaluated with: AGDO-RL trains on its own max_s order, so
+# its model (and the SFT model it starts from, for comparison) is decoded that way too.
+EVAL_RULES = {m: RULES + ((ATTENTION_RULE,) if m in ("sft", "rl_agdo") else ())
+              for m in METHODS}
 # The RL runs: the loss and what differs from its published defaults.
 RL_METHODS = {"rl_uniform": dict(loss="tracerl", selector="uniform"),
               "rl_atpo": dict(loss="tracerl", selector="atpo"),
@@ -74,8 +83,8 @@ def _log(msg: str) -> None:
 
 
 def evaluate(model, source: TaskSource, remasking: str, *, record: bool = False, seed: int = 0):
-    """Accuracy on every row of ``source`` with one token per step at temperature 0 (random
-    order for ``random``)."""
+    """Accuracy on every row of ``source`` with one token per step at temperature 0 under the
+    ``remasking`` rule (random order for ``random``, AGDO's attention order for ``max_s``)."""
     a = source.answer_length
     cfg = LLaDAConfig(steps=a, gen_length=a, block_length=a, remasking=remasking,
                       temperature=0.0)
@@ -162,8 +171,8 @@ def run_demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
                                "config": dataclasses.asdict(cfg), "sft_steps": sft_steps,
                                "accuracy": {}}
     acc, correct, traj = evaluate(model, test, "low_confidence", record=True, seed=cfg.seed)
-    results["accuracy"]["sft"] = {"low_confidence": acc,
-                                  "random": evaluate(model, test, "random", seed=cfg.seed)[0]}
+    results["accuracy"]["sft"] = {"low_confidence": acc, **{
+        r: evaluate(model, test, r, seed=cfg.seed)[0] for r in EVAL_RULES["sft"][1:]}}
     _log(f"SFT held-out accuracy: {results['accuracy']['sft']}")
     zones = zone_report(traj, correct)
     wrong = int(np.argmin(correct)) if not correct.all() else 0
@@ -177,7 +186,7 @@ def run_demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     for method in METHODS[1:]:
         rl_model = rl_phase(cfg, method, out / "sft" / "model", out / method)
         results["accuracy"][method] = {r: evaluate(rl_model, test, r, seed=cfg.seed)[0]
-                                       for r in RULES}
+                                       for r in EVAL_RULES[method]}
         _log(f"{method} held-out accuracy: {results['accuracy'][method]}")
     results["seconds"] = time.perf_counter() - t_start
     results["machine"] = f"{platform.machine()}, python {platform.python_version()}"
@@ -194,15 +203,17 @@ def report_markdown(res: dict[str, Any]) -> str:
              f"{cfg['sft_target_accuracy']}). Held-out "
              f"accuracy (exact answer) over {cfg['num_test']} puzzles, greedy decoding, one "
              "token per step.", "",
-             "| method | low_confidence | random |", "|---|---|---|"]
+             "| method | low_confidence | random | max_s |", "|---|---|---|---|"]
     for m in METHODS:
         a = res["accuracy"][m]
-        lines.append(f"| {m} | {a['low_confidence']:.3f} | {a['random']:.3f} |")
+        lines.append(f"| {m} | " + " | ".join(
+            f"{a[r]:.3f}" if r in a else "-" for r in (*RULES, ATTENTION_RULE)) + " |")
     z = res["zones"]
     lines += ["", f"RL: {cfg['rl_steps']} steps, {cfg['rl_prompts']} prompts x "
               f"{cfg['rl_group']} rollouts, budget {cfg['rl_budget']} states per rollout "
               "(uniform = TraceRL grouping, atpo = hybrid RoEC+CM rule, same budget and seed; "
-              "agdo = attention-ordered states with delta 5).", "",
+              "agdo = rollouts decoded in the attention-guided max_s order, states following it, "
+              "delta 5; max_s evaluates in that order).", "",
               "## Confusion zones", "",
               f"Mean zones per trajectory {z['mean_num_zones']:.2f}, mean fraction of steps "
               f"in a zone {z['mean_zone_fraction']:.2f}. AUC of each statistic for predicting "

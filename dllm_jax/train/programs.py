@@ -228,19 +228,26 @@ def run_rl(prog: RLProgram, resume: bool = False, progress: bool = True, *,
                           f"multiple of rl.inner_iterations ({rl.inner_iterations}) so a resumed "
                           "run re-creates the same rollouts")
     model, source = load_model_and_source(prog.model, prog.data, prog.train.seed)
-    num_rollouts = rl.prompts_per_step * rl.group_size
+    batcher = rollout_batcher(rl, source, prog.train.seed)
+    trainer = Trainer(prog.train, model, make_rl_loss(rl, rl.prompts_per_step * rl.group_size),
+                      batcher, prog.out, extra_config={"program": to_dict(prog)},
+                      progress=progress, mesh=mesh)
+    batcher.attach(trainer)
+    trainer.run(resume=resume, overwrite=overwrite)
+    return _save_final(trainer.model, source, Path(prog.out))
+
+
+def rollout_batcher(rl: RLConfig, source: DataSource, seed: int) -> RolloutBatcher:
+    """The RL program's rollouts from ``source``: ``rl.prompts_per_step`` distinct prompts per
+    RL step (a pure function of the seed and the step) with their attention masks, G rollouts
+    each, scored by the source's rewards. Call ``attach(trainer)`` before use."""
 
     def rows(step: int) -> np.ndarray:
-        return np.random.default_rng([prog.train.seed, 7, step]).choice(
+        return np.random.default_rng([seed, 7, step]).choice(
             source.num_prompts, rl.prompts_per_step, replace=False)
 
     def reward_fn(step: int, completions: np.ndarray) -> np.ndarray:
         return source.rewards(np.repeat(rows(step), rl.group_size), completions)
 
-    batcher = RolloutBatcher(rl, lambda s: source.prompts(rows(s)), reward_fn,
-                             seed=prog.train.seed)
-    trainer = Trainer(prog.train, model, make_rl_loss(rl, num_rollouts), batcher, prog.out,
-                      extra_config={"program": to_dict(prog)}, progress=progress, mesh=mesh)
-    batcher.attach(trainer)
-    trainer.run(resume=resume, overwrite=overwrite)
-    return _save_final(trainer.model, source, Path(prog.out))
+    return RolloutBatcher(rl, lambda s: source.prompts(rows(s)), reward_fn, seed=seed,
+                          prompt_mask_fn=lambda s: source.prompt_mask(rows(s)))
