@@ -183,3 +183,32 @@ def test_llada_key_layout_matches_llama_layout(tmp_path, shared_dir):
     assert keys == set(renamed)
     exported = json.loads((tmp_path / "llada_export" / "config.json").read_text())
     assert exported["model_type"] == "llada" and exported["d_model"] == 64
+
+
+def test_agdo_statistics_match_transformers_attentions(tmp_path):
+    """AGDO's S, I and head-mean attention from ``with_attention`` against the last layer's
+    attention probabilities transformers itself returns (``output_attentions``, eager
+    attention, run bidirectionally on the same weights)."""
+    hf = _hf_model("qwen2", 2, False, seed=3)
+    hf.save_pretrained(tmp_path / "hf")
+    model = weights.load_hf(tmp_path / "hf")
+    eager = transformers.Qwen2ForCausalLM.from_pretrained(tmp_path / "hf",
+                                                          attn_implementation="eager").eval()
+    tokens, mask = _inputs(True)
+    m = torch.as_tensor(mask, dtype=torch.float32)
+    bias = torch.zeros(tokens.shape[0], 1, tokens.shape[1], tokens.shape[1])
+    bias = bias.masked_fill(m[:, None, None, :] == 0, -1e9)
+    pos = (m.cumsum(-1) - 1).clamp(min=0).long()
+    with torch.no_grad():
+        out = eager(input_ids=torch.as_tensor(tokens), attention_mask=bias, position_ids=pos,
+                    output_attentions=True)
+    attn = out.attentions[-1].float().numpy().mean(axis=1)  # [B, L, L], head mean
+    keys = np.random.default_rng(4).integers(0, 2, tokens.shape) * mask
+    _, aux = model.with_attention(jnp.asarray(tokens), jnp.asarray(mask),
+                                  keys_BL=jnp.asarray(keys), attn_mean=True)
+    real = mask.astype(bool)
+    np.testing.assert_allclose(np.asarray(aux["attn_mean"])[real], attn[real], atol=2e-5)
+    s_ref = (attn * keys[:, None, :]).sum(-1)  # mass each query sends to the key set U
+    np.testing.assert_allclose(np.asarray(aux["S"])[real], s_ref[real], atol=2e-5)
+    i_ref = (attn * mask[:, :, None]).sum(1) / mask.sum(1, keepdims=True)  # mean over queries
+    np.testing.assert_allclose(np.asarray(aux["I"])[real], i_ref[real], atol=2e-5)
