@@ -1,12 +1,14 @@
 """Two JAX processes on CPU (gloo collectives, 127.0.0.1 coordinator, 2 devices each) run a
 few sharded SFT steps and then a few RL steps through the Trainer and end with the same
-parameters as one process with 4 devices.
+parameters as one process with 4 devices. The RL steps roll out under the training mesh (each
+process holds and scores its own rollouts; no parameter is gathered).
 
 This file is also the child script: ``python tests/test_multiprocess.py OUT NPROC PID PORT``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -80,15 +82,23 @@ def _child(out: str, nproc: int, pid: int, port: int) -> None:
         np.savez(Path(out) / "final.npz",
                  **{jax.tree_util.keystr(k): np.asarray(v) for k, v in flat})
     trainer.checkpointer.close()
-    # RL from the SFT model: rollouts on a host-local replica, the sharded update over hosts.
+    # RL from the SFT model on a (data 1, fsdp 2, tensor 2) mesh: fsdp splits the rows across
+    # the two processes, tensor within each. Rollouts run on the sharded parameters; each
+    # process scores only its own rollouts; nothing gathers the parameters.
     from dllm_jax.sampling import LLaDAConfig
     from dllm_jax.train.rl import RLConfig, RolloutBatcher, make_rl_loss
+
+    scored: dict[int, list[int]] = {}
+
+    def reward_fn(step, rollouts, completions):
+        scored[step] = [int(r) for r in rollouts]
+        return (completions == 7).mean(1) + (completions == 9).mean(1)
 
     rcfg = RLConfig(prompts_per_step=2, group_size=4, budget=2, selector="atpo",
                     sampler=LLaDAConfig(steps=4, gen_length=4, block_length=4, temperature=1.0))
     batcher = RolloutBatcher(rcfg, lambda s: np.random.default_rng([5, s]).integers(2, 60, (2, 4)),
-                             lambda s, c: (c == 7).mean(1) + (c == 9).mean(1), seed=3)
-    rl_cfg = TrainConfig(seed=2, steps=RL_STEPS, batch_size=1, mesh=(1, 4, 1), log_every=1,
+                             reward_fn, seed=3)
+    rl_cfg = TrainConfig(seed=2, steps=RL_STEPS, batch_size=1, mesh=(1, 2, 2), log_every=1,
                          # eps 1e-4: Adam's first updates are ~lr * g / (|g| + eps); with the
                          # default 1e-8, float reduction-order noise on near-zero gradients
                          # (unused embedding rows) becomes lr-sized, so exact comparison needs
@@ -96,10 +106,23 @@ def _child(out: str, nproc: int, pid: int, port: int) -> None:
                          optim=OptimConfig(lr=1e-2, total_steps=RL_STEPS, schedule="constant",
                                            eps=1e-4),
                          checkpoint=CheckpointConfig(every=RL_STEPS, keep=1))
-    rl = Trainer(rl_cfg, trainer.model, make_rl_loss(rcfg, 8), batcher, Path(out) / "rl",
+    gather = multihost_utils.process_allgather
+
+    def no_gather(*args, **kwargs):
+        raise AssertionError("building an RL batch gathered arrays onto the host")
+
+    def batch_fn(step):  # rollouts, rewards, rows: no allgather anywhere inside
+        multihost_utils.process_allgather = no_gather
+        try:
+            return batcher(step)
+        finally:
+            multihost_utils.process_allgather = gather
+
+    rl = Trainer(rl_cfg, trainer.model, make_rl_loss(rcfg, 8), batch_fn, Path(out) / "rl",
                  progress=False)
     batcher.attach(rl)
     rl.run()
+    (Path(out) / f"scored_{i}.json").write_text(json.dumps(scored))
     params = multihost_utils.process_allgather(nnx.to_pure_dict(nnx.state(rl.model)), tiled=True)
     if i == 0:
         flat = jax.tree_util.tree_flatten_with_path(params)[0]
@@ -146,6 +169,12 @@ def test_two_processes_equal_one_process(tmp_path):
             moved = max(moved, float(np.abs(g[k] - h[k]).max()))
         assert moved > 0  # the RL steps really changed the parameters
     assert len((tmp_path / "multi" / "rl" / "metrics.jsonl").read_text().splitlines()) == RL_STEPS
+    # Each process scored only the rollouts its devices hold: its half of the step's 8.
+    halves = [json.loads((tmp_path / "multi" / f"scored_{i}.json").read_text()) for i in range(2)]
+    whole = json.loads((tmp_path / "single" / "scored_0.json").read_text())
+    for step in map(str, range(RL_STEPS)):
+        assert halves[0][step] == [0, 1, 2, 3] and halves[1][step] == [4, 5, 6, 7]
+        assert whole[step] == list(range(8))
     # Both ran and checkpointed every step's worth of work.
     assert (tmp_path / "multi" / "checkpoints" / str(STEPS)).is_dir()
     assert len((tmp_path / "multi" / "metrics.jsonl").read_text().splitlines()) == STEPS

@@ -4,6 +4,7 @@ computations: d1's fresh prompt mask per inner iteration, the tokens the sampler
 and each loss's value worked by hand in NumPy from the batch and the model's log-probs."""
 
 import json
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,7 @@ from helpers import TINY_MASK_ID, sharpened, tiny_model
 from dllm_jax.errors import ConfigError
 from dllm_jax.sampling import LLaDAConfig, generate
 from dllm_jax.train import (
+    CheckpointConfig,
     OptimConfig,
     TrainConfig,
     Trainer,
@@ -24,11 +26,12 @@ from dllm_jax.train import (
     put_batch,
 )
 from dllm_jax.train.rl import RLConfig, RolloutBatcher, make_rl_loss
+from dllm_jax.train.step import batch_sharding
 
 TARGET = 7
 
 
-def _reward(step, completions):
+def _reward(step, rollouts, completions):
     return (completions == TARGET).mean(1)
 
 
@@ -95,8 +98,7 @@ def test_rl_gradient_is_the_same_with_four_micro_batches(tmp_path, kw):
     the update is minus the gradient): 4 micro-batches give the one-batch gradient. The
     trajectory losses sum over a rollout's states and average over rollouts, so each
     micro-batch must average over the rollouts it holds, not over all of them."""
-    parity = lambda step, completions: (completions % 2).mean(1)  # noqa: E731  varied rewards
-    _, _, batcher = _run(tmp_path, steps=1, prompts=4, reward=parity, **kw)
+    _, _, batcher = _run(tmp_path, steps=1, prompts=4, reward=_parity, **kw)
     batch = put_batch(batcher(0), None)
     model = tiny_model("llada", seed=0)
     opt = optax.sgd(1.0)
@@ -114,11 +116,89 @@ def test_rl_gradient_is_the_same_with_four_micro_batches(tmp_path, kw):
         np.testing.assert_allclose(accumulated, whole, atol=1e-5, rtol=1e-4)
 
 
+class _CompileLog(logging.Handler):
+    """Counts the programs JAX compiles (``jax_log_compiles``) per training step."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.step = -1
+        self.by_step: dict[int, list[str]] = {}
+
+    def emit(self, record):
+        message = record.getMessage()
+        if message.startswith("Compiling "):
+            self.by_step.setdefault(self.step, []).append(message.split(" with ")[0])
+
+
+def test_rl_steps_after_the_first_compile_nothing(tmp_path):
+    """Five RL steps on a (data 2, fsdp 2, tensor 2) mesh, with a reference model: after the
+    first, rollouts, rewards, rows, log-probs and the update compile no new program (steps 1
+    to 3 are counted; the last step ends with the run's checkpoint, whose slicing of each
+    array's shards to the host compiles its own small programs). The
+    reference parameters are sharded like the policy's, and the rows arrive split over the
+    batch axes."""
+    cfg = _config(loss="tracerl", budget=2)
+    batcher = RolloutBatcher(cfg, _prompts, _reward, seed=0)
+    log = _CompileLog()
+
+    def batch_fn(step):
+        log.step = step
+        return batcher(step)
+
+    tcfg = TrainConfig(steps=5, batch_size=1, log_every=1, mesh=(2, 2, 2),
+                       optim=OptimConfig(lr=1e-3, total_steps=5, schedule="constant"),
+                       checkpoint=CheckpointConfig(every=100))
+    trainer = Trainer(tcfg, tiny_model("llada", seed=0), make_rl_loss(cfg, num_rollouts=8),
+                      batch_fn, tmp_path, progress=False)
+    batcher.attach(trainer)
+    assert cfg.keeps_reference
+    logger = logging.getLogger("jax")
+    logger.addHandler(log)
+    jax.config.update("jax_log_compiles", True)
+    try:
+        trainer.run()
+    finally:
+        jax.config.update("jax_log_compiles", False)
+        logger.removeHandler(log)
+    assert log.by_step.get(0), "the first step compiles (the count can fail)"
+    assert {s: log.by_step.get(s) for s in (1, 2, 3)} == {1: None, 2: None, 3: None}
+    for ref, policy in zip(jax.tree.leaves(batcher.ref_params),
+                           jax.tree.leaves(trainer.state["params"]), strict=True):
+        assert ref.sharding == policy.sharding
+    assert any(len(x.sharding.device_set) > 1 and not x.sharding.is_fully_replicated
+               for x in jax.tree.leaves(batcher.ref_params))
+    rows = batcher(3)["inputs"]
+    assert rows.sharding.is_equivalent_to(batch_sharding(trainer.mesh), rows.ndim)
+
+
+def test_rl_with_lora_keeps_only_the_adapters_as_reference(tmp_path):
+    """With LoRA the reference is a copy of the adapters at the start (B = 0: the base model);
+    the base is the policy's own. After one update the next RL step's reference log-probs are
+    still the base model's, while the rollout policy's have moved."""
+    from dllm_jax.train.lora import LoRAConfig
+
+    cfg = _config(loss="tracerl", budget=2)
+    batcher = RolloutBatcher(cfg, _prompts, _parity, seed=0)
+    tcfg = TrainConfig(steps=2, batch_size=1, log_every=1, lora=LoRAConfig(rank=4),
+                       optim=OptimConfig(lr=1e-2, total_steps=2, schedule="constant"))
+    trainer = Trainer(tcfg, tiny_model("llada", seed=0), make_rl_loss(cfg, num_rollouts=8),
+                      batcher, tmp_path, progress=False, mesh=None)
+    batcher.attach(trainer)
+    lora = trainer.state["params"]["lora"]
+    assert jax.tree.structure(batcher.ref_params) == jax.tree.structure(lora)
+    trainer.run()
+    batch = batcher(1)  # built after the first update
+    base = _hand_logp(tiny_model("llada", seed=0), batch["inputs"], batch["tokens"],
+                      batch["attention_mask"])
+    np.testing.assert_allclose(batch["ref_logp"], base, atol=1e-5)
+    assert np.abs(np.asarray(batch["old_logp"]) - base).max() > 1e-4
+
+
 P = 4  # prompt columns of _prompts
 EOS = 1  # the tiny models' EOS id
 
 
-def _parity(step, completions):
+def _parity(step, rollouts, completions):
     return (completions % 2).mean(1)  # varied rewards, so advantages are not all 0
 
 

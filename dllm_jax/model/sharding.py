@@ -161,6 +161,91 @@ def constrain(x: jax.Array, logical: tuple[str | None, ...]) -> jax.Array:
         x, NamedSharding(mesh, rules.spec(logical, x.shape, mesh)))
 
 
+def constrain_rows(tree: Any) -> Any:
+    """Every array of ``tree`` constrained with its rows (leading axis) over ``batch``."""
+    return jax.tree.map(lambda x: constrain(x, ("batch",) + (None,) * (x.ndim - 1)), tree)
+
+
+def batch_divisor(mesh: Mesh, rules: ShardingRules | None = None) -> int:
+    """How many ways the ``batch`` rule splits rows: the product of its mesh axes' sizes."""
+    rules = rules or ShardingRules()
+    return int(np.prod([mesh.shape[a] for a in _as_tuple(rules.batch)]))
+
+
+def row_sharding(mesh: Mesh, rules: ShardingRules | None, shape: tuple[int, ...]
+                 ) -> NamedSharding:
+    """Rows over the ``batch`` rule's mesh axes (replicated when they do not divide), the rest
+    replicated."""
+    rules = rules or ShardingRules()
+    return NamedSharding(mesh, rules.spec(("batch",) + (None,) * (len(shape) - 1), shape, mesh))
+
+
+def put_rows(x: Any, mesh: Mesh, rules: ShardingRules | None = None) -> jax.Array:
+    """A host array that every process holds in full, placed with :func:`row_sharding`; each
+    process transfers only the rows its own devices hold."""
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, row_sharding(mesh, rules, x.shape),
+                                        lambda index: x[index])
+
+
+def local_rows(x: jax.Array, columns: slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of ``x`` (sharded over its rows only) that this process's devices hold: what a
+    computation on the host, such as a reward, runs on. Only ``columns`` (of a 2-D ``x``;
+    default all) leave the devices.
+
+    Returns:
+      the rows' indices ``[n]`` (increasing) and their values ``[n, ...]`` on the host.
+
+    Raises:
+      ValueError: ``x`` is split along another axis.
+    """
+    pieces: dict[int, jax.Array] = {}
+    for shard in x.addressable_shards:
+        if tuple(shard.data.shape[1:]) != tuple(x.shape[1:]):
+            raise ValueError(f"local_rows needs an array split over rows only, got {x.sharding}")
+        pieces.setdefault(range(x.shape[0])[shard.index[0]].start, shard.data)  # replicas: once
+
+    def host(a: jax.Array) -> np.ndarray:  # the columns are cut on the device
+        return np.asarray(a if columns == slice(None) else a[:, columns])
+
+    starts = sorted(pieces)
+    rows = np.concatenate([np.arange(s, s + pieces[s].shape[0]) for s in starts])
+    return rows, np.concatenate([host(pieces[s]) for s in starts])
+
+
+def from_local_rows(values: Any, rows: np.ndarray, like: jax.Array) -> jax.Array:
+    """The global array whose rows ``rows`` on this process are ``values``, its rows split like
+    ``like``'s (the inverse of :func:`local_rows` for a result computed per row)."""
+    values = np.asarray(values)
+    full = np.zeros((like.shape[0],) + values.shape[1:], values.dtype)
+    full[rows] = values  # only these rows are asked for below: this process's devices hold them
+    sharding = like.sharding
+    if isinstance(sharding, NamedSharding):
+        spec = tuple(sharding.spec)[:1]
+        sharding = NamedSharding(sharding.mesh, P(*spec, *(None,) * (full.ndim - len(spec))))
+    return jax.make_array_from_callback(full.shape, sharding, lambda index: full[index])
+
+
+def mesh_of(tree: Any) -> Mesh | None:
+    """The mesh the arrays of ``tree`` are sharded over (the first named sharding that spans
+    more than one device), or None."""
+    for x in jax.tree.leaves(tree):
+        sharding = x.sharding if isinstance(x, jax.Array) else None
+        if isinstance(sharding, NamedSharding) and sharding.mesh.size > 1:
+            return sharding.mesh
+    return None
+
+
+def place_state(state: Any, mesh: Mesh, rules: ShardingRules | None = None) -> Any:
+    """An NNX state on ``mesh``: arrays already sharded over it stay as they are, the others
+    take the rules' shardings (:func:`state_shardings`)."""
+    def one(x: Any, target: NamedSharding) -> Any:
+        on_mesh = isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh
+        return x if on_mesh else jax.device_put(x, target)
+
+    return jax.tree.map(one, state, state_shardings(state, mesh, rules))
+
+
 def _is_var(x: Any) -> bool:
     return isinstance(x, nnx.Variable)
 

@@ -192,6 +192,8 @@ class Block(nnx.Module):
         q, k_new, v_new = self.self_attn.qkv(h, cos_BNE, sin_BNE)
         k = jax.lax.dynamic_update_slice_in_dim(k_BLKE, k_new.astype(k_BLKE.dtype), start, axis=1)
         v = jax.lax.dynamic_update_slice_in_dim(v_BLKE, v_new.astype(v_BLKE.dtype), start, axis=1)
+        k = shd.constrain(k, ("batch", "length", "act_heads", None))
+        v = shd.constrain(v, ("batch", "length", "act_heads", None))
         attn, _ = self.self_attn.attend(q, k, v, key_mask_BL, need_probs=False)
         x_BND = x_BND + attn
         return x_BND + self.mlp(self.post_attention_layernorm(x_BND))
@@ -339,7 +341,9 @@ class Transformer(nnx.Module):
             ks.append(k)
             vs.append(v)
             x, _ = layer(x, cos, sin, mask_BL)
-        return self._aligned_head(x, window), {"k": jnp.stack(ks), "v": jnp.stack(vs)}
+        cache_axes = (None, "batch", "length", "act_heads", None)  # sharded like k and v
+        return self._aligned_head(x, window), {"k": shd.constrain(jnp.stack(ks), cache_axes),
+                                               "v": shd.constrain(jnp.stack(vs), cache_axes)}
 
     def decode_block(self, tokens_BL: jax.Array, attention_mask: jax.Array | None,
                      cache: dict[str, jax.Array], start: jax.Array, length: int,

@@ -26,21 +26,25 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
+from dllm_jax.model import sharding as shd
 from dllm_jax.sampling.plan import Plan, propose, row_step_keys, select
 from dllm_jax.sampling.presets import IMHConfig
 from dllm_jax.sampling.record import GenerateOutput, IMHRecord
 
 
-def generate_imh(model, prompt_BP: np.ndarray, pmask_BP: np.ndarray, *, config: IMHConfig,
-                 key: jax.Array, record: bool = False) -> GenerateOutput:
+def generate_imh(model, prompt_BP: jax.Array, pmask_BP: jax.Array, *, config: IMHConfig,
+                 key: jax.Array, record: bool = False, mesh: Mesh | None = None,
+                 rules: shd.ShardingRules | None = None) -> GenerateOutput:
+    """IMH sampling; with ``mesh`` the candidates' rows and the activations are sharded like
+    the training batch (``generate`` places the prompts and the parameters)."""
     plan = config.plan(model.config, prompt_BP.shape[1])
     graphdef, state = nnx.split(model)
     seqs, acc, lp = _imh(graphdef, state, jnp.asarray(prompt_BP), jnp.asarray(pmask_BP), key,
                          plan=plan, alpha=float(config.alpha), k=int(config.num_candidates),
-                         canonical=config.target == "canonical")
+                         canonical=config.target == "canonical", mesh=mesh, rules=rules)
     return GenerateOutput(seqs, IMHRecord(acc, lp) if record else None)
 
 
@@ -124,16 +128,23 @@ def left_to_right_log_prob(model, x_RL: jax.Array, amask_RL: jax.Array, start: j
 
 
 @functools.partial(jax.jit, static_argnums=(0,),
-                   static_argnames=("plan", "alpha", "k", "canonical"))
+                   static_argnames=("plan", "alpha", "k", "canonical", "mesh", "rules"))
 def _imh(graphdef, state, prompt_BP, pmask_BP, key, *, plan: Plan, alpha: float, k: int,
-         canonical: bool):
-    model = nnx.merge(graphdef, state)
+         canonical: bool, mesh: Mesh | None = None, rules: shd.ShardingRules | None = None):
+    with shd.use_mesh(mesh, rules):
+        return shd.constrain_rows(_imh_body(nnx.merge(graphdef, state), prompt_BP, pmask_BP, key,
+                                            plan, alpha, k, canonical))
+
+
+def _imh_body(model, prompt_BP, pmask_BP, key, plan: Plan, alpha: float, k: int,
+              canonical: bool):
     b, p_len = prompt_BP.shape
     n, rows = plan.block_length, b * k
     x = jnp.concatenate([jnp.repeat(prompt_BP.astype(jnp.int32), k, 0),
                          jnp.full((rows, plan.gen_length), plan.mask_id, jnp.int32)], 1)
     amask = jnp.concatenate([jnp.repeat(pmask_BP.astype(jnp.bool_), k, 0),
                              jnp.ones((rows, plan.gen_length), jnp.bool_)], 1)
+    x, amask = shd.constrain_rows((x, amask))
     row_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(b))
     cand_keys = jax.vmap(lambda rk: jax.vmap(lambda j: jax.random.fold_in(rk, j))(
         jnp.arange(k)))(row_keys).reshape((rows,) + row_keys.shape[1:])

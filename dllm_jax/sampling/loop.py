@@ -22,9 +22,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 from dllm_jax.data.batching import left_pad
 from dllm_jax.errors import ConfigError
+from dllm_jax.model import sharding as shd
 from dllm_jax.sampling.budget import check_request
 from dllm_jax.sampling.imh import generate_imh
 from dllm_jax.sampling.plan import Plan, propose, row_step_keys, select
@@ -61,8 +63,10 @@ def as_batch(prompt_ids: Any, attention_mask: Any, pad_id: int) -> tuple[np.ndar
 
 
 def generate(model: nnx.Module, prompt_ids: Any, attention_mask: Any = None, *, config: Any,
-             key: Any, record: bool = False, record_attention: bool = False) -> GenerateOutput:
-    """Samples completions with one compiled program per (shape, config).
+             key: Any, record: bool = False, record_attention: bool = False,
+             mesh: Mesh | None = None, rules: shd.ShardingRules | None = None
+             ) -> GenerateOutput:
+    """Samples completions with one compiled program per (shape, config, mesh).
 
     Args:
       model: a :class:`dllm_jax.model.transformer.Transformer`.
@@ -73,6 +77,10 @@ def generate(model: nnx.Module, prompt_ids: Any, attention_mask: Any = None, *, 
       key: PRNG key or int seed.
       record: also return the :class:`Trajectory`.
       record_attention: also record AGDO's ``S_i`` at commit (needs ``cache='none'``).
+      mesh: run sharded over this mesh (see docs/sampling.md, "Sharded sampling"); default:
+        the mesh the model's parameters are sharded over, if any. Every process passes the
+        whole batch and gets global arrays whose rows are split over the ``batch`` rule's axes.
+      rules: the sharding rules of the parameters and activations (default ``ShardingRules()``).
 
     Returns:
       :class:`GenerateOutput`.
@@ -83,27 +91,59 @@ def generate(model: nnx.Module, prompt_ids: Any, attention_mask: Any = None, *, 
     if isinstance(config, IMHConfig):
         check_request(cfg, ids.shape[0] * config.num_candidates, ids.shape[1],
                       config.gen_length, config.block_length)
-        return generate_imh(model, ids, mask, config=config, key=as_key(key), record=record)
-    plan = config.plan(cfg, ids.shape[1])
-    if record_attention and not plan.cache.keeps_attention:
-        raise ConfigError("record_attention needs cache='none'")
-    rows = ids.shape[0] * (2 if isinstance(plan.guidance, ClassifierFreeGuidance) else 1)
-    check_request(cfg, rows, ids.shape[1], plan.gen_length, plan.block_length,
-                  cache=not plan.cache.keeps_attention, extra=plan.cache.extra_slots)
+    else:
+        plan = config.plan(cfg, ids.shape[1])
+        if record_attention and not plan.cache.keeps_attention:
+            raise ConfigError("record_attention needs cache='none'")
+        rows = ids.shape[0] * (2 if isinstance(plan.guidance, ClassifierFreeGuidance) else 1)
+        check_request(cfg, rows, ids.shape[1], plan.gen_length, plan.block_length,
+                      cache=not plan.cache.keeps_attention, extra=plan.cache.extra_slots)
     graphdef, state = nnx.split(model)
-    seqs, traj = _sample(graphdef, state, jnp.asarray(ids), jnp.asarray(mask), as_key(key),
-                         plan=plan, record=record, record_attention=record_attention)
-    return GenerateOutput(seqs, traj)
+    mesh = shd.mesh_of(state) if mesh is None else mesh
+    if mesh is None:
+        rules = None
+        ids_BP, mask_BP = jnp.asarray(ids), jnp.asarray(mask)
+    else:
+        rules = rules or shd.ShardingRules()
+        state = shd.place_state(state, mesh, rules)
+        ids_BP, mask_BP = (shd.put_rows(pad_rows(x, shd.batch_divisor(mesh, rules)), mesh, rules)
+                           for x in (ids, mask))
+    if isinstance(config, IMHConfig):
+        out = generate_imh(nnx.merge(graphdef, state), ids_BP, mask_BP, config=config,
+                           key=as_key(key), record=record, mesh=mesh, rules=rules)
+    else:
+        out = GenerateOutput(*_sample(graphdef, state, ids_BP, mask_BP, as_key(key), plan=plan,
+                                      record=record, record_attention=record_attention,
+                                      mesh=mesh, rules=rules))
+    if ids_BP.shape[0] == ids.shape[0]:
+        return out
+    return _drop_padding(out, rows=ids.shape[0], mesh=mesh, rules=rules)
+
+
+def pad_rows(x: np.ndarray, multiple: int) -> np.ndarray:
+    """``x`` with copies of its last row appended up to a multiple of ``multiple`` rows (rows
+    are sampled independently, so the copies change nothing and are dropped after)."""
+    extra = -x.shape[0] % multiple
+    return np.concatenate([x, np.repeat(x[-1:], extra, axis=0)]) if extra else x
+
+
+@functools.partial(jax.jit, static_argnames=("rows", "mesh", "rules"))
+def _drop_padding(out: GenerateOutput, *, rows: int, mesh: Mesh,
+                  rules: shd.ShardingRules) -> GenerateOutput:
+    with shd.use_mesh(mesh, rules):
+        return shd.constrain_rows(jax.tree.map(lambda x: x[:rows], out))
 
 
 @functools.partial(jax.jit, static_argnums=(0,),
-                   static_argnames=("plan", "record", "record_attention"))
+                   static_argnames=("plan", "record", "record_attention", "mesh", "rules"))
 def _sample(graphdef: nnx.GraphDef, state: nnx.State, prompt_BP: jax.Array, pmask_BP: jax.Array,
-            key: jax.Array, *, plan: Plan, record: bool, record_attention: bool
+            key: jax.Array, *, plan: Plan, record: bool, record_attention: bool,
+            mesh: Mesh | None = None, rules: shd.ShardingRules | None = None
             ) -> tuple[jax.Array, Trajectory | None]:
     model = nnx.merge(graphdef, state)
-    return run_plan(model, prompt_BP, pmask_BP, key, plan, record=record,
-                    record_attention=record_attention)
+    with shd.use_mesh(mesh, rules):
+        return shd.constrain_rows(run_plan(model, prompt_BP, pmask_BP, key, plan, record=record,
+                                           record_attention=record_attention))
 
 
 class Carry(NamedTuple):
@@ -161,6 +201,7 @@ class Block:
                      j == plan.steps_per_block - 1, self.transfer_probs[j])
         canvas = jax.lax.dynamic_update_slice_in_dim(carry.canvas_BL, jnp.where(sel, x0, xb),
                                                      self.start, axis=1)
+        canvas = shd.constrain(canvas, ("batch", "length"))
         commits = self.recorder.commit(carry.commits, sel, self.start - self.prompt_length, t,
                                        p, x0, s_BN)
         return Carry(canvas, commits), self.recorder.step(sel, p, cand)
@@ -205,12 +246,12 @@ def run_plan(model: nnx.Module, prompt_BP: jax.Array, pmask_BP: jax.Array, key: 
     """The sampler body (call inside ``jit``): returns ``sequences [B, P+G]`` exactly as
     committed (tokens after an EOS included, as the references return them) and the record."""
     b, p_len = prompt_BP.shape
-    canvas_BL, amask_BL = initial_canvas(prompt_BP, pmask_BP, plan)
+    canvas_BL, amask_BL = shd.constrain_rows(initial_canvas(prompt_BP, pmask_BP, plan))
     recorder = Recorder(record, record_attention)
     fwd = ModelLogits(model, amask_BL, plan.guidance, p_len, plan.block_length, plan.mask_id,
                       with_attention=plan.scorer.needs_attention or record_attention)
     counts, probs = schedule_arrays(plan)
-    row_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(b))
+    row_keys = shd.constrain_rows(jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(b)))
 
     def run_block(carry: Carry, index: jax.Array) -> tuple[Carry, StepRecord]:
         block = Block(plan, row_keys, counts, probs, recorder, index,

@@ -88,7 +88,8 @@ class Trainer:
       model: initial model (its parameters are the step-0 state).
       loss_fn: ``(model, batch, key) -> (loss, aux)``; scalar entries of ``aux`` are logged
         (``reward`` also goes to the progress bar).
-      batch_fn: ``step -> dict of host arrays`` with a leading batch axis.
+      batch_fn: ``step -> dict of arrays`` with a leading batch axis: host arrays, or arrays
+        already on the devices (kept there; RL's rows).
       out_dir: run directory (``config.yaml``, ``metrics.jsonl``, ``checkpoints/``).
       extra_config: anything else to save in ``config.yaml`` (e.g. the model/task config).
       progress: show a tqdm bar on a terminal (``"always"`` also when stderr is not a tty).
@@ -185,6 +186,15 @@ class Trainer:
         params = self.state["params"]
         return params if self.params_fn is None else self.params_fn(params)
 
+    def place_batch(self, batch: dict[str, Any]) -> dict[str, jax.Array]:
+        """The step's batch on the mesh, rows over ``(data, fsdp)``: host arrays through
+        ``put_batch``; arrays already on the devices (RL's rows, built there) stay there
+        (resharded only if they are split otherwise)."""
+        if not all(isinstance(v, jax.Array) for v in batch.values()):
+            return st.put_batch(batch, self.mesh, local=self.local_batch)
+        return batch if self.mesh is None else jax.device_put(batch,
+                                                              st.batch_sharding(self.mesh))
+
     @property
     def model(self) -> nnx.Module:
         return st.model_from_state(self.graphdef, self.state, self.params_fn)
@@ -228,11 +238,11 @@ class Trainer:
                        disable=not sys.stderr.isatty() and self.progress != "always")
         t0, tokens = time.perf_counter(), 0
         for s in range(start, cfg.steps):
-            host = self.batch_fn(s)
-            batch = st.put_batch(host, self.mesh, local=self.local_batch)
+            given = self.batch_fn(s)
+            batch = self.place_batch(given)
             self.state, metrics = self.step_fn(self.state, batch,
                                                jax.random.fold_in(self.base_key, s))
-            rows = host.get("tokens", next(iter(host.values())))
+            rows = given.get("tokens", next(iter(given.values())))
             tokens += int(np.prod(np.shape(rows))) * (
                 jax.process_count() if self.local_batch else 1)
             done = s + 1

@@ -246,8 +246,8 @@ def rollout_batcher(rl: RLConfig, source: DataSource, seed: int) -> RolloutBatch
         return np.random.default_rng([seed, 7, step]).choice(
             source.num_prompts, rl.prompts_per_step, replace=False)
 
-    def reward_fn(step: int, completions: np.ndarray) -> np.ndarray:
-        return source.rewards(np.repeat(rows(step), rl.group_size), completions)
+    def reward_fn(step: int, rollouts: np.ndarray, completions: np.ndarray) -> np.ndarray:
+        return source.rewards(rows(step)[rollouts // rl.group_size], completions)
 
     return RolloutBatcher(rl, lambda s: source.prompts(rows(s)), reward_fn, seed=seed,
                           prompt_mask_fn=lambda s: source.prompt_mask(rows(s)))

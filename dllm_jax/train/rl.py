@@ -10,7 +10,9 @@ is driven by :class:`dllm_jax.train.Trainer`, so checkpoints, resume, progress a
 shared with SFT. The ``mu`` inner iterations of an RL step reuse its rollouts; d1's one-step
 rows are redrawn per inner iteration (a fresh prompt mask each), every draw scored under the
 rollout policy when the rollouts are made, as d1 does. Left-padded prompts keep their
-attention mask through rollouts, scoring and the loss.
+attention mask through rollouts, scoring and the loss. The arrays stay on the devices with the
+train mesh's shardings from the rollouts to the update; only the completions a process's
+rewards need go to its host (docs/training.md, "RL step: what runs where").
 """
 
 from __future__ import annotations
@@ -23,9 +25,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 from dllm_jax import objectives as obj
+from dllm_jax.errors import ConfigError
+from dllm_jax.model import sharding as shd
 from dllm_jax.sampling import LLaDAConfig, generate
+from dllm_jax.train import step as st
 
 # RLConfig fields that are knobs of the losses' configs (None: the loss's published default).
 LOSS_KNOBS = ("eps", "beta", "delta", "n_per_step", "advantage", "p_mask_prompt",
@@ -147,19 +153,28 @@ class RolloutBatcher:
     policy when the rollouts are made; other losses build one set of rows with
     ``fold_in(key, 1)``. Every row carries the attention mask (0 on prompt padding).
 
+    Everything stays on the devices, sharded like the train step (docs/training.md, "RL
+    step"): the rollouts run under the trainer's mesh on the parameters as trained, only each
+    process's own completions come to the host for their rewards, and the rows come back
+    already split over the batch axes. The frozen reference is a copy of the trained
+    parameters with their shardings (with LoRA only the adapters: the base is shared).
+
     Args:
       cfg: the RL config (resolved here).
-      prompt_fn: ``rl_step -> int array [prompts_per_step, P]`` (fixed P, left-padded).
-      reward_fn: ``(rl_step, completions [R, G_len] ints) -> rewards [R]`` on the host; the
-        completions are exactly what the sampler committed (cut them at EOS to decode).
+      prompt_fn: ``rl_step -> int array [prompts_per_step, P]`` (fixed P, left-padded); every
+        process returns the same prompts.
+      reward_fn: ``(rl_step, rollouts [n] ints, completions [n, G_len] ints) -> rewards [n]``
+        on the host, for the rollouts this process holds: ``rollouts`` are their indices in
+        the step (rollout ``r`` answers prompt ``r // group_size``), the completions exactly
+        what the sampler committed (cut them at EOS to decode).
       seed: base seed of rollouts and state selection.
       prompt_mask_fn: ``rl_step -> 0/1 array [prompts_per_step, P]``, 0 on the prompts' left
         padding; None: no padding.
     """
 
     def __init__(self, cfg: RLConfig, prompt_fn: Callable[[int], np.ndarray],
-                 reward_fn: Callable[[int, np.ndarray], np.ndarray], seed: int = 0, *,
-                 prompt_mask_fn: Callable[[int], np.ndarray] | None = None):
+                 reward_fn: Callable[[int, np.ndarray, np.ndarray], np.ndarray], seed: int = 0,
+                 *, prompt_mask_fn: Callable[[int], np.ndarray] | None = None):
         self.cfg = cfg.resolved()
         self.spec = obj.get_loss(self.cfg.loss)
         self.prompt_fn = prompt_fn
@@ -167,16 +182,34 @@ class RolloutBatcher:
         self.reward_fn = reward_fn
         self.key = jax.random.PRNGKey(seed)
         self.trainer = None  # set by attach()
+        self.plan: RowPlan | None = None
         self.ref_params = None
-        self.last_rewards: np.ndarray | None = None
         self._cache: dict[int, list[dict]] = {}
 
     def attach(self, trainer) -> RolloutBatcher:
         """Binds the trainer whose current parameters roll out; with ``beta > 0`` the frozen
-        reference parameters are checkpointed with the train state, so resume is exact."""
+        reference parameters are checkpointed with the train state, so resume is exact.
+
+        Raises:
+          ConfigError: the rows of one RL step do not split evenly over the mesh's batch axes.
+        """
+        cfg, mesh = self.cfg, trainer.mesh
+        rows = cfg.prompts_per_step * cfg.group_size * cfg.rows_per_rollout
+        if mesh is not None and rows % (mesh.shape["data"] * mesh.shape["fsdp"]):
+            raise ConfigError(
+                f"an RL step's {rows} rows (rl.prompts_per_step x rl.group_size x rows per "
+                f"rollout) must be divisible by the mesh's data x fsdp = "
+                f"{mesh.shape['data'] * mesh.shape['fsdp']}")
         self.trainer = trainer
-        if self.cfg.keeps_reference:
-            self.ref_params = jax.tree.map(jnp.copy, trainer.model_params())
+        model_cfg = trainer.model.config
+        self.plan = RowPlan(
+            graphdef=trainer.graphdef, params_fn=trainer.params_fn, spec=self.spec,
+            loss_cfg=cfg.loss_config(), select=_selector(cfg) if cfg.selector else None,
+            group_size=cfg.group_size, advantage=cfg.advantage, budget=cfg.budget,
+            draws=cfg.inner_iterations if self.spec.redraw else 1,
+            mask_id=model_cfg.mask_token_id, eos_id=model_cfg.eos_token_id, mesh=mesh)
+        if cfg.keeps_reference:
+            self.ref_params = self._reference()
 
             def set_ref(tree):
                 self.ref_params = tree
@@ -184,85 +217,138 @@ class RolloutBatcher:
             trainer.register_checkpoint_extra(lambda: self.ref_params, set_ref)
         return self
 
-    def __call__(self, step: int) -> dict[str, np.ndarray]:
+    def __call__(self, step: int) -> dict[str, jax.Array]:
         rl_step, inner = divmod(step, self.cfg.inner_iterations)
         if rl_step not in self._cache:  # the mu inner iterations reuse the same rollouts
             self._cache = {rl_step: self._build(rl_step)}
         rows = self._cache[rl_step]
         return rows[inner] if self.spec.redraw else rows[0]
 
-    def _build(self, rl_step: int) -> list[dict[str, np.ndarray]]:
+    def _reference(self):
+        """A copy of the trained parameters (LoRA: of the adapters), keeping their shardings."""
+        params = self.trainer.state["params"]
+        return jax.tree.map(jnp.copy, params["lora"] if self._lora else params)
+
+    @property
+    def _lora(self) -> bool:
+        return self.trainer.config.lora.enabled
+
+    def _reference_params(self):
+        """The reference policy's train parameters (LoRA: the shared base, its adapters)."""
+        if self.ref_params is None or not self._lora:
+            return self.ref_params
+        return {"base": self.trainer.state["params"]["base"], "lora": self.ref_params}
+
+    def _build(self, rl_step: int) -> list[dict[str, jax.Array]]:
         """The rows of every inner iteration of RL step ``rl_step`` (one set unless the loss
-        redraws them)."""
+        redraws them), on the devices, split over the batch axes."""
         cfg = self.cfg
         key = jax.random.fold_in(self.key, rl_step)
-        rollouts = self._rollouts(rl_step, key)
-        draws = cfg.inner_iterations if self.spec.redraw else 1
-        return [jax.device_get(self.spec.rows(
-            dataclasses.replace(rollouts, key=jax.random.fold_in(key, 1 + i)),
-            cfg.loss_config())) for i in range(draws)]
-
-    def _rollouts(self, rl_step: int, key: jax.Array) -> obj.Rollouts:
-        """G rollouts per prompt of RL step ``rl_step`` under the current parameters, with
-        their rewards, advantages and scoring callbacks (``key`` draws the rollouts)."""
-        cfg = self.cfg
-        params = host_local(self.trainer.model_params())
-        model = nnx.merge(self.trainer.graphdef, nnx.State(params))
         if (cfg.keeps_reference and cfg.ref_sync_every and rl_step
                 and rl_step % cfg.ref_sync_every == 0):
-            self.ref_params = jax.tree.map(jnp.copy, self.trainer.model_params())
+            self.ref_params = self._reference()
+        rollouts = self._rollouts(rl_step, key)
+        return _rows(self.trainer.state["params"], self._reference_params(), rollouts, key,
+                     plan=self.plan)
+
+    def _rollouts(self, rl_step: int, key: jax.Array) -> dict[str, jax.Array]:
+        """G rollouts per prompt of RL step ``rl_step`` under the current parameters (``key``
+        draws them) with their record and rewards, as global arrays split over rows."""
+        cfg, mesh = self.cfg, self.trainer.mesh
         prompts = np.asarray(self.prompt_fn(rl_step), np.int32)
         pmask = (np.ones_like(prompts) if self.prompt_mask_fn is None
                  else np.asarray(self.prompt_mask_fn(rl_step), np.int32))
-        p_len = prompts.shape[1]
-        pmask = np.repeat(pmask, cfg.group_size, axis=0)
-        out = generate(model, np.repeat(prompts, cfg.group_size, axis=0), pmask,
-                       config=cfg.sampler, key=key, record=True)
-        seqs = jnp.asarray(out.sequences)
-        amask = jnp.asarray(np.concatenate(
-            [pmask, np.ones((len(pmask), seqs.shape[1] - p_len), np.int32)], axis=1))
-        rewards = np.asarray(self.reward_fn(rl_step, np.asarray(seqs)[:, p_len:]), np.float32)
-        self.last_rewards = rewards
-        graphdef = nnx.graphdef(model)
-        ref = host_local(self.ref_params) if cfg.keeps_reference else None
+        ids, pmask = (np.repeat(x, cfg.group_size, axis=0) for x in (prompts, pmask))
+        out = generate(self.trainer.model, ids, pmask, config=cfg.sampler, key=key, record=True,
+                       mesh=mesh)
+        # This process's rollouts only, and of them only the completions, come to the host.
+        rows, comp = shd.local_rows(out.sequences, slice(prompts.shape[1], None))
+        rewards = np.asarray(self.reward_fn(rl_step, rows, comp), np.float32)
+        if rewards.shape != (len(comp),):
+            raise ValueError(f"reward_fn returned shape {rewards.shape} for {len(comp)} "
+                             "completions")
         traj = out.trajectory
-        return obj.Rollouts(
-            sequences_RL=seqs, attention_mask_RL=amask, prompt_length=p_len,
-            group_size=cfg.group_size,
-            advantages_R=obj.group_advantages(jnp.asarray(rewards), cfg.group_size,
-                                              cfg.advantage),
-            rewards_R=jnp.asarray(rewards), key=jax.random.fold_in(key, 1),
-            mask_id=model.config.mask_token_id, eos_id=model.config.eos_token_id,
-            budget=cfg.budget, step_map_RG=traj.step_map, entropy_RT=traj.entropy,
-            margin_RT=traj.margin, roec_RT=traj.roec, valid_RT=traj.valid,
-            select=_selector(cfg) if cfg.selector is not None else None,
-            influence=functools.partial(_influence, graphdef, params, seqs, amask),
-            score=functools.partial(_old_logp, graphdef, params),
-            score_ref=None if ref is None else functools.partial(_old_logp, graphdef, ref))
+        return {"sequences": out.sequences,
+                "prompt_mask": jnp.asarray(pmask) if mesh is None else shd.put_rows(pmask, mesh),
+                "rewards": shd.from_local_rows(rewards, rows, out.sequences),
+                "step_map": traj.step_map, "entropy": traj.entropy, "margin": traj.margin,
+                "roec": traj.roec, "valid": traj.valid}
 
 
-def host_local(tree):
-    """The full parameters on this host. With several processes the rollouts run on a
-    host-local replica (identical on every host: same parameters, same keys), and the global
-    batch they produce is split across hosts by the train step's batch sharding."""
-    if jax.process_count() == 1:
-        return tree
-    from jax.experimental import multihost_utils
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RowPlan:
+    """The static half of building an RL step's rows (what :func:`_rows` compiles for).
 
-    return jax.tree.map(jnp.asarray, multihost_utils.process_allgather(tree, tiled=True))
+    Attributes:
+      graphdef / params_fn: the model's graph and the map from train parameters to model
+        parameters (LoRA's merge; None: the same).
+      spec / loss_cfg: the registry loss and its config; ``select`` its state selector.
+      group_size, advantage, budget: as in :class:`RLConfig`.
+      draws: row sets to build (the inner iterations of a loss that redraws its rows, else 1).
+      mask_id / eos_id: the model's MASK and EOS ids.
+      mesh: the train mesh (None: single device).
+    """
+
+    graphdef: nnx.GraphDef
+    params_fn: Callable | None
+    spec: obj.LossSpec
+    loss_cfg: object
+    select: object
+    group_size: int
+    advantage: str
+    budget: int | None
+    draws: int
+    mask_id: int
+    eos_id: int | None
+    mesh: Mesh | None
+
+    def model(self, params) -> nnx.Module:
+        p = params if self.params_fn is None else self.params_fn(params)
+        return nnx.merge(self.graphdef, nnx.State(p))
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _old_logp(graphdef, params, inputs, tokens, attention_mask):
-    model = nnx.merge(graphdef, nnx.State(params))
+def _logp(model, inputs, tokens, attention_mask):
     return obj.token_logprobs(obj.aligned(model, inputs, attention_mask), tokens)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _influence(graphdef, params, seqs, attention_mask):
-    """AGDO's ``I_k`` ``[R, L]`` from one last-layer attention pass on the rollouts."""
-    model = nnx.merge(graphdef, nnx.State(params))
-    return model.with_attention(seqs, attention_mask)[1]["I"]
+@functools.partial(jax.jit, static_argnames="plan")
+def _rows(params, ref_params, rollouts: dict[str, jax.Array], key: jax.Array, *,
+          plan: RowPlan) -> list[dict[str, jax.Array]]:
+    """Advantages, the loss's rows and their old (and reference) log-probs, in one program.
+
+    Args:
+      params / ref_params: the train parameters of the rollout policy and of the reference
+        (None without one).
+      rollouts: ``_rollouts``'s arrays: ``sequences [R, L]``, ``prompt_mask [R, P]``,
+        ``rewards [R]`` and the record (``step_map``, ``entropy``, ``margin``, ``roec``,
+        ``valid``).
+      key: the RL step's key (the rows of draw ``i`` use ``fold_in(key, 1 + i)``).
+    """
+    seqs, pmask = rollouts["sequences"], rollouts["prompt_mask"]
+    r, length = seqs.shape
+    p = pmask.shape[1]
+    amask = jnp.concatenate([pmask, jnp.ones((r, length - p), pmask.dtype)], axis=1)
+    model = plan.model(params)
+    ref = None if ref_params is None else plan.model(ref_params)
+    rewards = rollouts["rewards"]
+    with shd.use_mesh(plan.mesh):
+        base = obj.Rollouts(
+            sequences_RL=seqs, attention_mask_RL=amask, prompt_length=p,
+            group_size=plan.group_size,
+            advantages_R=obj.group_advantages(rewards, plan.group_size, plan.advantage),
+            rewards_R=rewards, key=jax.random.fold_in(key, 1), mask_id=plan.mask_id,
+            eos_id=plan.eos_id, budget=plan.budget, step_map_RG=rollouts["step_map"],
+            entropy_RT=rollouts["entropy"], margin_RT=rollouts["margin"],
+            roec_RT=rollouts["roec"], valid_RT=rollouts["valid"], select=plan.select,
+            influence=lambda: model.with_attention(seqs, amask)[1]["I"],
+            score=functools.partial(_logp, model),
+            score_ref=None if ref is None else functools.partial(_logp, ref))
+        draws = [plan.spec.rows(dataclasses.replace(base, key=jax.random.fold_in(key, 1 + i)),
+                                plan.loss_cfg) for i in range(plan.draws)]
+    if plan.mesh is None:
+        return draws
+    batch = st.batch_sharding(plan.mesh)
+    return [{k: jax.lax.with_sharding_constraint(v, batch) for k, v in d.items()} for d in draws]
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
