@@ -7,11 +7,11 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from helpers import tiny_config
 
 from dllm_jax import objectives as obj
 from dllm_jax.model import sharding as shd
 from dllm_jax.model.transformer import init_model
-from helpers import tiny_config
 from dllm_jax.train import OptimConfig, init_state, make_optimizer, make_train_step
 from dllm_jax.train import step as st
 
@@ -114,6 +114,41 @@ def test_grad_accumulation_equals_full_batch():
     acc, metrics = make_train_step(graphdef, det_loss, opt, grad_accum=4, donate=False)(
         init_state(model, opt), batch, key)
     for a, b in zip(jax.tree.leaves(acc["params"]), jax.tree.leaves(full["params"]), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0)
+
+
+def test_micro_batches_are_split_over_every_device():
+    """Micro-batch ``i`` holds rows ``i * B / n`` onwards, as without a mesh, and every device
+    holds its share of every micro-batch (a plain reshape of the row-sharded batch would put
+    micro-batch 0 on half of the devices)."""
+    from jax.sharding import PartitionSpec as P
+
+    mesh = shd.make_mesh((2, 4, 1))
+    rows = st.put_batch({"t": np.arange(32 * 3).reshape(32, 3)}, mesh)["t"]
+    micro = jax.jit(lambda x: st.split_micro(x, 2, mesh))(rows)
+    np.testing.assert_array_equal(np.asarray(micro), np.arange(96).reshape(2, 16, 3))
+    assert micro.sharding.spec == P(None, ("data", "fsdp"))
+    assert {s.data.shape for s in micro.addressable_shards} == {(2, 2, 3)}
+    # 8 micro-batches of 4 rows cannot split over 8 devices: the plain reshape stays.
+    small = jax.jit(lambda x: st.split_micro(x, 8, mesh))(rows)
+    np.testing.assert_array_equal(np.asarray(small), np.arange(96).reshape(8, 4, 3))
+
+
+def test_sharded_grad_accumulation_equals_single_device():
+    """The sharded step with micro-batches (random SFT masks keyed by micro-batch) takes the
+    single-device step's rows and keys: the same parameters after one SGD step."""
+    model = _model()
+    sgd = optax.sgd(0.5)  # linear in the gradient (see the reference fixture)
+    graphdef = nnx.graphdef(model)
+    key = jax.random.PRNGKey(2)
+    ref, _ = make_train_step(graphdef, st.sft_objective, sgd, grad_accum=2, donate=False)(
+        init_state(model, sgd), st.put_batch(_batch(16), None), key)
+    mesh = shd.make_mesh((2, 4, 1))
+    sh = st.state_shardings(model, sgd, mesh)
+    step = make_train_step(graphdef, st.sft_objective, sgd, grad_accum=2, mesh=mesh,
+                           shardings=sh)
+    new, _ = step(init_state(model, sgd, sh), st.put_batch(_batch(16), mesh), key)
+    for a, b in zip(jax.tree.leaves(new["params"]), jax.tree.leaves(ref["params"]), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0)
 
 

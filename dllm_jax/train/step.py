@@ -113,6 +113,22 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(("data", "fsdp")))
 
 
+def split_micro(x: jax.Array, grad_accum: int, mesh: Mesh | None) -> jax.Array:
+    """``[B, ...] -> [grad_accum, B / grad_accum, ...]``: micro-batch ``i`` is rows
+    ``i * B / grad_accum`` onwards, each micro-batch split over ``(data, fsdp)``.
+
+    The batch arrives with contiguous blocks of rows per device, so a plain reshape would
+    leave each micro-batch on a fraction of the devices (which then hold several of its rows
+    each); the constraint moves the (small) batch once so that every device works on every
+    micro-batch. A micro-batch whose rows do not divide over ``data * fsdp`` keeps the plain
+    reshape.
+    """
+    micro = x.reshape((grad_accum, x.shape[0] // grad_accum) + x.shape[1:])
+    if mesh is None or micro.shape[1] % (mesh.shape["data"] * mesh.shape["fsdp"]):
+        return micro
+    return jax.lax.with_sharding_constraint(micro, NamedSharding(mesh, P(None, ("data", "fsdp"))))
+
+
 def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn,
                     optimizer: optax.GradientTransformation, *, grad_accum: int = 1,
                     mesh: Mesh | None = None, shardings: dict | None = None,
@@ -150,8 +166,7 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn,
         if grad_accum == 1:
             (loss, aux), grads = grad_fn(params, batch, key)
         else:
-            micro = jax.tree.map(
-                lambda x: x.reshape((grad_accum, x.shape[0] // grad_accum) + x.shape[1:]), batch)
+            micro = jax.tree.map(lambda x: split_micro(x, grad_accum, mesh), batch)
 
             def body(acc, i):
                 mb = jax.tree.map(lambda x: x[i], micro)
