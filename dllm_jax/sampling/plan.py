@@ -70,10 +70,11 @@ def propose(logits_BNV: jax.Array, tok_keys: jax.Array, pos_keys: jax.Array, pla
 
     Returns:
       ``x0_BN`` proposed tokens (never MASK), ``conf_BN`` the rule's confidence, and ``p_BNV``
-      the model's untempered distribution (for recording).
+      the model's untempered distribution (for recording; inside ``jit`` it is computed only
+      when the record reads it).
     """
     proposal = plan.tokens(logits_BNV, tok_keys)
-    return proposal.tokens_BN, plan.scorer(proposal, pos_keys, s_BN), proposal.model_probs_BNV
+    return proposal.tokens_BN, plan.scorer(proposal, pos_keys, s_BN), proposal.model_probs()
 
 
 def select(conf_BN: jax.Array, cand_BN: jax.Array, count: jax.Array, pos_keys: jax.Array,

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from dllm_jax.sampling.strategies import token_prob, top2_margin
+from dllm_jax.sampling.strategies import token_prob, top2_margin, top_values
 
 
 class Trajectory(NamedTuple):
@@ -157,7 +157,7 @@ class Recorder:
         attn_s = rec.attn_s
         if self.record_attention:
             attn_s = write(attn_s, s_BN.astype(jnp.float32))
-        top_p, top_i = jax.lax.top_k(p_BNV.astype(jnp.float32), TOP_K)
+        top_p, top_i = top_values(p_BNV.astype(jnp.float32), TOP_K)
         return CommitRecord(step_map, confidence, attn_s, write(rec.top_ids, top_i.astype(
             jnp.int32)), write(rec.top_probs, top_p))
 

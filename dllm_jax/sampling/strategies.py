@@ -31,6 +31,66 @@ import jax.numpy as jnp
 
 NEG_INF = -jnp.inf
 
+# --- exact reductions without a sort -------------------------------------------------------
+# XLA's argmax is a variadic (value, index) reduction that does not vectorise on a CPU, and
+# ``lax.top_k`` over a vocabulary often lowers to a full sort; at a small model's shape either
+# costs more than everything else around the forward pass (docs/sampling.md, "Cost"). These
+# give the same results from plain max / min reductions.
+
+
+def first_argmax(s_BNV: jax.Array, allowed_BNV: jax.Array | None = None) -> jax.Array:
+    """``jnp.argmax`` over the last axis (the lowest index among equal maxima; NaN counts as the
+    maximum, as there), restricted to ``allowed`` entries when given, as int32."""
+    if allowed_BNV is not None:
+        s_BNV = jnp.where(allowed_BNV, s_BNV, NEG_INF)
+    m = jnp.max(s_BNV, axis=-1, keepdims=True)
+    hit = (s_BNV == m) | jnp.isnan(s_BNV)
+    if allowed_BNV is not None:
+        hit &= allowed_BNV
+    iota = jax.lax.broadcasted_iota(jnp.int32, s_BNV.shape, s_BNV.ndim - 1)
+    return jnp.min(jnp.where(hit, iota, s_BNV.shape[-1]), axis=-1)
+
+
+def top_values(p_BNV: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """``jax.lax.top_k(p, k)`` for a small ``k``: the values ``[..., k]``, largest first (lower
+    index first among equals), and their int32 indices, by ``k`` rounds of ``first_argmax``."""
+    iota = jax.lax.broadcasted_iota(jnp.int32, p_BNV.shape, p_BNV.ndim - 1)
+    left = jnp.ones(p_BNV.shape, jnp.bool_)
+    ids = []
+    for _ in range(k):
+        ids.append(first_argmax(p_BNV, left))
+        left &= iota != ids[-1][..., None]
+    ids_BNk = jnp.stack(ids, axis=-1)
+    return jnp.take_along_axis(p_BNV, ids_BNk, axis=-1), ids_BNk
+
+
+def kth_largest(z_BNV: jax.Array, k: int) -> jax.Array:
+    """The ``k``-th largest float32 value over the last axis (counting repeats), ``[..., 1]``:
+    ``jax.lax.top_k(z, k)[0][..., -1:]`` without a sort. Bisects on an order-preserving
+    unsigned key of the bits: 32 passes that each count the entries at or above a candidate."""
+    bits = jax.lax.bitcast_convert_type(z_BNV.astype(jnp.float32), jnp.uint32)
+    sign = jnp.uint32(0x80000000)
+    key = jnp.where(bits >= sign, ~bits, bits | sign)  # increasing in the float's value
+
+    def bit(i, best):
+        trial = best | (sign >> i.astype(jnp.uint32))
+        enough = jnp.sum(key >= trial, axis=-1, keepdims=True) >= k
+        return jnp.where(enough, trial, best)
+
+    best = jax.lax.fori_loop(0, 32, bit, jnp.zeros(z_BNV.shape[:-1] + (1,), jnp.uint32))
+    out = jnp.where(best >= sign, best & ~sign, ~best)
+    return jax.lax.bitcast_convert_type(out, jnp.float32)
+
+
+def softmax_at(z_BNV: jax.Array, tokens_BN: jax.Array) -> jax.Array:
+    """``jax.nn.softmax(z)[b, n, tokens[b, n]]``, computed as it is there (``exp(z - max)``
+    over its sum) without the normalised array; equal to it up to the order in which XLA
+    sums (at most one ulp)."""
+    m = jnp.max(z_BNV, axis=-1, initial=NEG_INF, keepdims=True)
+    total = jnp.sum(jnp.exp(z_BNV - m), axis=-1)
+    z_tok = jnp.take_along_axis(z_BNV, tokens_BN[..., None], axis=-1)[..., 0]
+    return jnp.exp(z_tok - m[..., 0]) / total
+
 
 def token_prob(p_BNV: jax.Array, tokens_BN: jax.Array) -> jax.Array:
     """``p[b, n, tokens[b, n]]``."""
@@ -39,7 +99,7 @@ def token_prob(p_BNV: jax.Array, tokens_BN: jax.Array) -> jax.Array:
 
 def top2_margin(p_BNV: jax.Array) -> jax.Array:
     """Top-1 minus top-2 probability per position."""
-    top2 = jax.lax.top_k(p_BNV, 2)[0]
+    top2 = top_values(p_BNV, 2)[0]
     return top2[..., 0] - top2[..., 1]
 
 
@@ -53,8 +113,7 @@ def _uniform(keys_B: jax.Array, n: int) -> jax.Array:
 
 def _argmax_but_mask(scores_BNV: jax.Array, mask_id: int) -> jax.Array:
     """The best token per position; MASK is never proposed."""
-    not_mask = jnp.arange(scores_BNV.shape[-1]) != mask_id
-    return jnp.argmax(jnp.where(not_mask, scores_BNV, NEG_INF), axis=-1).astype(jnp.int32)
+    return first_argmax(scores_BNV, jnp.arange(scores_BNV.shape[-1]) != mask_id)
 
 
 # --- token filters -------------------------------------------------------------------------
@@ -68,13 +127,16 @@ class TopP:
     p: float
 
     def __call__(self, z_BNV: jax.Array) -> jax.Array:
-        order = jnp.argsort(-z_BNV, axis=-1)
-        sorted_z = jnp.take_along_axis(z_BNV, order, axis=-1)
-        cum = jnp.cumsum(jax.nn.softmax(sorted_z, axis=-1), axis=-1)
+        iota = jax.lax.broadcasted_iota(jnp.int32, z_BNV.shape, z_BNV.ndim - 1)
+        neg_sorted, order = jax.lax.sort((-z_BNV, iota), dimension=z_BNV.ndim - 1,
+                                         is_stable=True, num_keys=1)
+        cum = jnp.cumsum(jax.nn.softmax(-neg_sorted, axis=-1), axis=-1)
         drop_sorted = cum > self.p
         drop_sorted = jnp.concatenate(
             [jnp.zeros_like(drop_sorted[..., :1]), drop_sorted[..., :-1]], axis=-1)
-        drop = jnp.take_along_axis(drop_sorted, jnp.argsort(order, axis=-1), axis=-1)
+        # Back to vocabulary order by a scatter (the inverse permutation), not a second sort.
+        drop = jnp.put_along_axis(jnp.zeros_like(drop_sorted), order, drop_sorted, axis=-1,
+                                  inplace=False)
         return jnp.where(drop, jnp.finfo(z_BNV.dtype).min, z_BNV)
 
 
@@ -85,7 +147,7 @@ class TopK:
     k: int
 
     def __call__(self, z_BNV: jax.Array) -> jax.Array:
-        kth = jax.lax.top_k(z_BNV, min(self.k, z_BNV.shape[-1]))[0][..., -1:]
+        kth = kth_largest(z_BNV, min(self.k, z_BNV.shape[-1]))
         return jnp.where(z_BNV < kth, jnp.finfo(z_BNV.dtype).min, z_BNV)
 
 
@@ -113,18 +175,32 @@ def _filtered(z_BNV: jax.Array, filters: tuple[TokenFilter, ...]) -> jax.Array:
 
 
 class Proposal(NamedTuple):
-    """A token sampler's output.
+    """A token sampler's output. Distributions are kept as logits: each reader computes only
+    what it needs (``low_confidence`` one probability per position; the record, or a rule over
+    the whole distribution, the softmax), and what nothing reads is never computed.
 
     Attributes:
       tokens_BN: int32 proposed tokens (never MASK).
-      probs_BNV: the distribution the position rule scores.
-      model_probs_BNV: the model's untempered distribution (for the record; with
+      scored_BNV: f32 logits whose softmax the position rule scores.
+      model_BNV: f32 logits of the model's untempered distribution (for the record; with
         ``logits_eos_inf`` EOS has probability 0).
     """
 
     tokens_BN: jax.Array
-    probs_BNV: jax.Array
-    model_probs_BNV: jax.Array
+    scored_BNV: jax.Array
+    model_BNV: jax.Array
+
+    def probs(self) -> jax.Array:
+        """The scored distribution ``[B, N, V]``."""
+        return jax.nn.softmax(self.scored_BNV, axis=-1)
+
+    def token_probs(self) -> jax.Array:
+        """The scored probability of each proposed token ``[B, N]``."""
+        return softmax_at(self.scored_BNV, self.tokens_BN)
+
+    def model_probs(self) -> jax.Array:
+        """The model's untempered distribution ``[B, N, V]``."""
+        return jax.nn.softmax(self.model_BNV, axis=-1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,14 +230,13 @@ class GumbelMax:
         logits = logits_BNV.astype(jnp.float32)
         if self.banned_id is not None:
             logits = logits.at[..., self.banned_id].set(NEG_INF)
-        p = jax.nn.softmax(logits, axis=-1)
         z = _filtered(logits, self.filters)
         if self.temperature > 0:
             z = z + self.temperature * _gumbel(keys_B, z.shape[1:])
-        scored = p
+        scored = logits
         if self.unscored_ids:
-            scored = jax.nn.softmax(logits.at[..., list(self.unscored_ids)].set(NEG_INF), axis=-1)
-        return Proposal(_argmax_but_mask(z, self.mask_id), scored, p)
+            scored = logits.at[..., list(self.unscored_ids)].set(NEG_INF)
+        return Proposal(_argmax_but_mask(z, self.mask_id), scored, logits)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,12 +250,13 @@ class TemperedSoftmax:
 
     def __call__(self, logits_BNV: jax.Array, keys_B: jax.Array) -> Proposal:
         logits = logits_BNV.astype(jnp.float32)
-        p = jax.nn.softmax(logits, axis=-1)
         z = _filtered(logits / self.temperature if self.temperature > 0 else logits,
                       self.filters)
-        probs = jax.nn.softmax(z, axis=-1)
-        scores = z + _gumbel(keys_B, z.shape[1:]) if self.temperature > 0 else probs
-        return Proposal(_argmax_but_mask(scores, self.mask_id), probs, p)
+        if self.temperature > 0:
+            tokens = _argmax_but_mask(z + _gumbel(keys_B, z.shape[1:]), self.mask_id)
+        else:  # the original takes the argmax of the probabilities, not of the logits
+            tokens = _argmax_but_mask(jax.nn.softmax(z, axis=-1), self.mask_id)
+        return Proposal(tokens, z, logits)
 
 
 TokenSampler = GumbelMax | TemperedSoftmax
@@ -199,7 +275,7 @@ class SampledTokenProbability:
     needs_attention = False
 
     def __call__(self, prop: Proposal, keys_B: jax.Array, s_BN: jax.Array | None) -> jax.Array:
-        return token_prob(prop.probs_BNV, prop.tokens_BN)
+        return prop.token_probs()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,8 +296,8 @@ class TopProbability:
     needs_attention = False
 
     def __call__(self, prop: Proposal, keys_B: jax.Array, s_BN: jax.Array | None) -> jax.Array:
-        not_mask = jnp.arange(prop.probs_BNV.shape[-1]) != self.mask_id
-        return jnp.max(jnp.where(not_mask, prop.probs_BNV, 0.0), axis=-1)
+        p = prop.probs()
+        return jnp.max(jnp.where(jnp.arange(p.shape[-1]) != self.mask_id, p, 0.0), axis=-1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,7 +307,7 @@ class TopTwoMargin:
     needs_attention = False
 
     def __call__(self, prop: Proposal, keys_B: jax.Array, s_BN: jax.Array | None) -> jax.Array:
-        return top2_margin(prop.probs_BNV)
+        return top2_margin(prop.probs())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,7 +317,7 @@ class NegativeEntropy:
     needs_attention = False
 
     def __call__(self, prop: Proposal, keys_B: jax.Array, s_BN: jax.Array | None) -> jax.Array:
-        p = prop.probs_BNV
+        p = prop.probs()
         return jnp.sum(p * jnp.log(p + 1e-10), axis=-1)
 
 
