@@ -37,6 +37,7 @@ from dllm_jax import objectives as obj
 from dllm_jax.analysis.zones import FEATURES, confusion_zones, roec, zone_features
 from dllm_jax.data.sources import TaskSource
 from dllm_jax.eval.metrics import pass_at_k
+from dllm_jax.eval.stats import boot_mean, bootstrap_ci, cv_scores, paired, rank_auc, t_interval
 from dllm_jax.sampling import IMHConfig, LLaDAConfig, generate
 from dllm_jax.sampling.imh import token_log_probs
 from dllm_jax.train import programs
@@ -115,103 +116,6 @@ SIZES["smoke"] = dataclasses.replace(
     SIZES["quick"], sft_max_steps=50, sft_check_every=50, sft_lr=3e-3, rl_steps=2,
     curve_every=2, num_test=64, num_val=32, passk_prompts=8, passk_samples=2, imh_prompts=8,
     imh_candidates=2, orders_per_x=2, boot=200)
-
-
-# ------------------------------------------------------------------------------ statistics
-def t_quantile(p: float, df: int) -> float:
-    """Student-t quantile for ``p > 0.5``: bisection on the CDF, the density integrated by
-    Simpson's rule (exact to ~1e-6 for the quantiles used here)."""
-    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
-
-    def cdf(x: float) -> float:
-        xs = np.linspace(0.0, x, 4001)
-        f = c * (1 + xs ** 2 / df) ** (-(df + 1) / 2)
-        return 0.5 + x / 12000 * (f[0] + f[-1] + 4 * f[1:-1:2].sum() + 2 * f[2:-1:2].sum())
-
-    lo, hi = 0.0, 200.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
-    return (lo + hi) / 2
-
-
-def t_interval(x) -> dict:
-    """Mean and 95% t-interval over seeds (a single value gets a zero-width interval)."""
-    x = np.asarray(x, np.float64)
-    m = float(x.mean())
-    if len(x) < 2:
-        return {"seeds": x.tolist(), "mean": m, "ci95": [m, m]}
-    h = t_quantile(0.975, len(x) - 1) * float(x.std(ddof=1)) / math.sqrt(len(x))
-    return {"seeds": x.tolist(), "mean": m, "ci95": [m - h, m + h]}
-
-
-def bootstrap_ci(stat, n: int, strata, n_boot: int, seed: int) -> list[float]:
-    """Percentile 95% interval of ``stat(idx)`` over ``n_boot`` resamples of ``range(n)``,
-    drawn with replacement within each stratum (fixed seed)."""
-    rng = np.random.default_rng(seed)
-    strata = np.zeros(n, int) if strata is None else np.asarray(strata)
-    groups = [np.flatnonzero(strata == s) for s in np.unique(strata)]
-    vals = [stat(np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups]))
-            for _ in range(n_boot)]
-    return [float(v) for v in np.percentile(vals, [2.5, 97.5])]
-
-
-def boot_mean(v, n_boot: int, seed: int) -> dict:
-    """Mean over items with a bootstrap 95% interval."""
-    v = np.asarray(v, np.float64)
-    return {"mean": float(v.mean()),
-            "ci95": bootstrap_ci(lambda i: v[i].mean(), len(v), None, n_boot, seed)}
-
-
-def paired(diff, strata, n_boot: int, seed: int) -> dict:
-    """Mean paired difference, its bootstrap (stratified by SFT seed) and t intervals, and the
-    smallest difference the design detects with 80% power at two-sided 5%."""
-    d = np.asarray(diff, np.float64)
-    n = len(d)
-    out = {"mean_diff": float(d.mean()), "n": n,
-           "ci95": bootstrap_ci(lambda i: d[i].mean(), n, strata, n_boot, seed)}
-    if n > 1:
-        sd = float(d.std(ddof=1))
-        out["t_ci95"] = t_interval(d)["ci95"]
-        out["sd_diff"] = sd
-        out["mde80"] = (t_quantile(0.975, n - 1) + t_quantile(0.8, n - 1)) * sd / math.sqrt(n)
-    return out
-
-
-def rank_auc(score, label) -> float:
-    """ROC AUC (Mann-Whitney with average ranks for ties); NaN when a class is absent."""
-    score, label = np.asarray(score, np.float64), np.asarray(label, bool)
-    npos, nneg = int(label.sum()), int((~label).sum())
-    if not npos or not nneg:
-        return float("nan")
-    _, inv, counts = np.unique(score, return_inverse=True, return_counts=True)
-    avg_rank = (np.cumsum(counts) - (counts - 1) / 2.0)[inv]
-    return float((avg_rank[label].sum() - npos * (npos + 1) / 2) / (npos * nneg))
-
-
-def logistic_fit(X, y, iters: int = 30, ridge: float = 1e-3) -> np.ndarray:
-    """Weights (intercept first) of a ridge-regularised logistic regression by Newton steps."""
-    X1 = np.c_[np.ones(len(X)), X]
-    w = np.zeros(X1.shape[1])
-    for _ in range(iters):
-        p = 1.0 / (1.0 + np.exp(-np.clip(X1 @ w, -30, 30)))
-        grad = X1.T @ (p - y) + ridge * w
-        hess = X1.T @ (X1 * (p * (1 - p))[:, None]) + ridge * np.eye(len(w))
-        w = w - np.linalg.solve(hess, grad)
-    return w
-
-
-def cv_scores(X, y, folds: int, seed: int) -> np.ndarray:
-    """Out-of-fold logits of the logistic model (features standardised on each train fold)."""
-    X, y = np.asarray(X, np.float64), np.asarray(y, np.float64)
-    fold = np.random.default_rng(seed).permutation(len(y)) % folds
-    out = np.zeros(len(y))
-    for f in range(folds):
-        tr, te = fold != f, fold == f
-        mu, sd = X[tr].mean(0), X[tr].std(0) + 1e-12
-        w = logistic_fit((X[tr] - mu) / sd, y[tr])
-        out[te] = np.c_[np.ones(te.sum()), (X[te] - mu) / sd] @ w
-    return out
 
 
 # ------------------------------------------------------------------------------ runs

@@ -161,6 +161,30 @@ def test_order_from_the_model_attention(tiny_dream):
                                np.asarray(aux["I"]), atol=1e-6)
 
 
+def test_order_ignores_prompt_padding(tiny_llada):
+    """A left-padded prompt (attention mask 0 on the pads) gets the same attention order and
+    the same influence on its real tokens as the prompt alone; pads get influence 0 and never
+    join the committed set. Without the mask the order changes (so the test can fail)."""
+    from flax import nnx
+
+    from dllm_jax.train.rl import agdo_order
+
+    p, g, pad = 4, 6, 3
+    seq = RNG.integers(2, 60, (2, p + g))
+    padded = np.concatenate([np.zeros((2, pad), seq.dtype), seq], 1)
+    amask = np.concatenate([np.zeros((2, pad)), np.ones((2, p + g))], 1).astype(np.int32)
+    graphdef, state = nnx.split(tiny_llada)
+    params = nnx.to_pure_dict(state)
+    order, infl = agdo_order(graphdef, params, jnp.asarray(seq), p, 1)
+    order_pad, infl_pad = agdo_order(graphdef, params, jnp.asarray(padded), p + pad, 1,
+                                     jnp.asarray(amask))
+    np.testing.assert_array_equal(np.asarray(order_pad), np.asarray(order))
+    np.testing.assert_allclose(np.asarray(infl_pad)[:, pad:], np.asarray(infl), atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(infl_pad)[:, :pad], 0.0)
+    order_nomask, _ = agdo_order(graphdef, params, jnp.asarray(padded), p + pad, 1)
+    assert not np.array_equal(np.asarray(order_nomask), np.asarray(order))
+
+
 def test_agdo_validation():
     a = jnp.ones((1, 4, 4)) / 4
     m = jnp.ones((1, 4), bool)

@@ -58,6 +58,28 @@ def test_row_independent_of_batch_and_padding(sharp_llada):
     assert batch[0, :4].tolist() == [1, 1, 1, 1]
 
 
+@pytest.mark.parametrize("family", ["llada", "dream", "imh"])
+def test_per_row_keys_decode_each_row_as_alone(family, sharp_llada, sharp_dream):
+    """One key per row: every row equals ``generate`` of that row alone with its key, whatever
+    else is in the batch (a batch key would give rows 0 and 2 different noise)."""
+    from dllm_jax.sampling import IMHConfig
+
+    model = sharp_dream if family == "dream" else sharp_llada
+    cfg = {"llada": LLaDAConfig(steps=8, gen_length=8, block_length=4, temperature=1.0,
+                                remasking="random"),
+           "dream": DreamConfig(steps=8, max_new_tokens=8),
+           "imh": IMHConfig(gen_length=8, block_length=4, steps=8, num_candidates=3)}[family]
+    prompts, seeds = [[7, 8, 9], [1, 2, 3, 4, 5], [7, 8, 9]], [5, 9, 5]
+    batch = np.asarray(generate(model, prompts, config=cfg, key=seeds).sequences)
+    for row, (p, s) in enumerate(zip(prompts, seeds, strict=True)):
+        alone = np.asarray(generate(model, [p], config=cfg, key=s).sequences)[0]
+        np.testing.assert_array_equal(batch[row, -len(alone):], alone)
+    shared = np.asarray(generate(model, prompts, config=cfg, key=5).sequences)
+    assert not np.array_equal(shared[0], shared[2])  # so the test can tell the two apart
+    with pytest.raises(ValueError, match="2 per-row keys for 3 prompt rows"):
+        generate(model, prompts, config=cfg, key=[1, 2])
+
+
 def test_compiles_once_per_shape_and_config(sharp_llada):
     cfg = LLaDAConfig(steps=4, gen_length=8, block_length=4, temperature=0.5)
     generate(sharp_llada, PROMPT, config=cfg, key=0)

@@ -108,3 +108,13 @@ def test_generate_runs_on_the_mesh_of_sharded_parameters(models):
     assert out.sequences.sharding.mesh == mesh and out.sequences.sharding.spec[0] == "data"
     assert shd.param_specs(model) == before
     _assert_same(out, generate(models["llada"], PROMPTS, config=cfg, key=5, record=True))
+
+
+def test_per_row_keys_on_the_mesh(models):
+    """One key per row survives the row padding and placement: the sharded run equals the
+    single-device run with the same keys (six rows padded to eight on the FSDP mesh)."""
+    cfg, seeds = _llada("random", "dual"), [5, 9, 5, 1, 2, 3]
+    ref = generate(models["llada"], PROMPTS, config=cfg, key=seeds, record=True)
+    out = generate(models["llada"], PROMPTS, config=cfg, key=seeds, record=True,
+                   mesh=shd.make_mesh(FSDP))
+    _assert_same(out, ref)

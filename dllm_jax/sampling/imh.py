@@ -30,7 +30,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from dllm_jax.model import sharding as shd
-from dllm_jax.sampling.plan import Plan, propose, row_step_keys, select
+from dllm_jax.sampling.plan import Plan, propose, row_keys_of, row_step_keys, select
 from dllm_jax.sampling.presets import IMHConfig
 from dllm_jax.sampling.record import GenerateOutput, IMHRecord
 
@@ -145,7 +145,7 @@ def _imh_body(model, prompt_BP, pmask_BP, key, plan: Plan, alpha: float, k: int,
     amask = jnp.concatenate([jnp.repeat(pmask_BP.astype(jnp.bool_), k, 0),
                              jnp.ones((rows, plan.gen_length), jnp.bool_)], 1)
     x, amask = shd.constrain_rows((x, amask))
-    row_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(b))
+    row_keys = row_keys_of(key, b)
     cand_keys = jax.vmap(lambda rk: jax.vmap(lambda j: jax.random.fold_in(rk, j))(
         jnp.arange(k)))(row_keys).reshape((rows,) + row_keys.shape[1:])
 

@@ -9,7 +9,8 @@ IMH presets to ``imh.py``.
 
 Randomness: row ``b`` draws from ``fold_in(key, b)`` and step ``t`` from ``fold_in(row_key, t)``,
 with noise shaped by the block only, so a row's output does not depend on what else is in the
-batch or how far it is left-padded.
+batch or how far it is left-padded. With one key per row, row ``b`` draws from
+``fold_in(key_b, 0)``: exactly what it would draw alone with ``key_b``.
 """
 
 from __future__ import annotations
@@ -29,16 +30,25 @@ from dllm_jax.errors import ConfigError
 from dllm_jax.model import sharding as shd
 from dllm_jax.sampling.budget import check_request
 from dllm_jax.sampling.imh import generate_imh
-from dllm_jax.sampling.plan import Plan, propose, row_step_keys, select
+from dllm_jax.sampling.plan import Plan, is_per_row, propose, row_keys_of, row_step_keys, select
 from dllm_jax.sampling.presets import IMHConfig
 from dllm_jax.sampling.record import CommitRecord, GenerateOutput, Recorder, StepRecord, Trajectory
 from dllm_jax.sampling.sources import ClassifierFreeGuidance, LogitsFn, ModelLogits
 
 
-def as_key(key: Any) -> jax.Array:
-    """Accepts an int seed or a PRNG key."""
+def as_key(key: Any, rows: int | None = None) -> jax.Array:
+    """An int seed or a PRNG key for the batch; or a list of seeds/keys, or an array of raw
+    keys ``[B, 2]``, one per row (returned as raw keys ``[B, 2]``)."""
     if isinstance(key, (int, np.integer)):
         return jax.random.PRNGKey(int(key))
+    if isinstance(key, (list, tuple)):
+        if not key:
+            raise ValueError("key: an empty list of per-row keys")
+        key = jnp.stack([as_key(k) for k in key])
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.ndim == 1:
+        key = jax.random.key_data(key)  # typed keys, one per row: as raw keys
+    if is_per_row(key) and rows is not None and key.shape[0] != rows:
+        raise ValueError(f"key: {key.shape[0]} per-row keys for {rows} prompt rows")
     return key
 
 
@@ -74,7 +84,9 @@ def generate(model: nnx.Module, prompt_ids: Any, attention_mask: Any = None, *, 
         lists of different lengths (left-padded here).
       attention_mask: ``[B, P]`` 1 for real prompt tokens.
       config: ``LLaDAConfig``, ``DreamConfig`` or ``IMHConfig``.
-      key: PRNG key or int seed.
+      key: PRNG key or int seed for the batch (row ``b`` draws from ``fold_in(key, b)``), or one
+        per row (a list of seeds/keys or raw keys ``[B, 2]``): row ``b`` then decodes exactly
+        as ``generate`` of that row alone with its key.
       record: also return the :class:`Trajectory`.
       record_attention: also record AGDO's ``S_i`` at commit (needs ``cache='none'``).
       mesh: run sharded over this mesh (see docs/sampling.md, "Sharded sampling"); default:
@@ -88,6 +100,7 @@ def generate(model: nnx.Module, prompt_ids: Any, attention_mask: Any = None, *, 
     cfg = model.config
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else (cfg.eos_token_id or 0)
     ids, mask = as_batch(prompt_ids, attention_mask, pad)
+    key = as_key(key, ids.shape[0])
     if isinstance(config, IMHConfig):
         check_request(cfg, ids.shape[0] * config.num_candidates, ids.shape[1],
                       config.gen_length, config.block_length)
@@ -108,11 +121,14 @@ def generate(model: nnx.Module, prompt_ids: Any, attention_mask: Any = None, *, 
         state = shd.place_state(state, mesh, rules)
         ids_BP, mask_BP = (shd.put_rows(pad_rows(x, shd.batch_divisor(mesh, rules)), mesh, rules)
                            for x in (ids, mask))
+        if is_per_row(key):
+            key = shd.put_rows(pad_rows(np.asarray(key), shd.batch_divisor(mesh, rules)), mesh,
+                               rules)
     if isinstance(config, IMHConfig):
         out = generate_imh(nnx.merge(graphdef, state), ids_BP, mask_BP, config=config,
-                           key=as_key(key), record=record, mesh=mesh, rules=rules)
+                           key=key, record=record, mesh=mesh, rules=rules)
     else:
-        out = GenerateOutput(*_sample(graphdef, state, ids_BP, mask_BP, as_key(key), plan=plan,
+        out = GenerateOutput(*_sample(graphdef, state, ids_BP, mask_BP, key, plan=plan,
                                       record=record, record_attention=record_attention,
                                       mesh=mesh, rules=rules))
     if ids_BP.shape[0] == ids.shape[0]:
@@ -251,7 +267,7 @@ def run_plan(model: nnx.Module, prompt_BP: jax.Array, pmask_BP: jax.Array, key: 
     fwd = ModelLogits(model, amask_BL, plan.guidance, p_len, plan.block_length, plan.mask_id,
                       with_attention=plan.scorer.needs_attention or record_attention)
     counts, probs = schedule_arrays(plan)
-    row_keys = shd.constrain_rows(jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(b)))
+    row_keys = shd.constrain_rows(row_keys_of(key, b))
 
     def run_block(carry: Carry, index: jax.Array) -> tuple[Carry, StepRecord]:
         block = Block(plan, row_keys, counts, probs, recorder, index,

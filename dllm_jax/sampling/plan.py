@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 
 from dllm_jax.sampling.sources import Guidance, LogitsSource
 from dllm_jax.sampling.strategies import PositionScorer, TokenSampler, TransferRule
@@ -54,6 +55,20 @@ class Plan:
     pad_id: int
     counts: tuple[tuple[int, ...], ...] | None = None
     transfer_probs: tuple[float, ...] | None = None
+
+
+def is_per_row(key: jax.Array) -> bool:
+    """Whether ``key`` holds one raw key per row (``[B, 2]`` uint32) rather than one key."""
+    return jnp.ndim(key) == 2
+
+
+def row_keys_of(key: jax.Array, rows: int) -> jax.Array:
+    """Every row's base key ``[B, 2]``: ``fold_in(key, b)`` for one batch key; for per-row keys
+    ``fold_in(key_b, 0)``, what row 0 of a one-row call with ``key_b`` draws (so a row decodes
+    as it would alone)."""
+    if is_per_row(key):
+        return jax.vmap(lambda k: jax.random.fold_in(k, 0))(key)
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(rows))
 
 
 def row_step_keys(row_keys: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:

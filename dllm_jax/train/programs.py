@@ -13,7 +13,6 @@ tokenizer.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -158,8 +157,8 @@ def make_sft_loss(cfg: SFTConfig, prompt_length: int):
         sft = obj.SFTBatch(
             tokens_BL=batch["tokens"], response_mask_BL=batch["response_mask"], key=key,
             mask_id=model.config.mask_token_id, prompt_length=prompt_length,
-            attention=functools.partial(agdo_order, graphdef, frozen, batch["tokens"],
-                                        prompt_length))
+            attention=lambda n: agdo_order(graphdef, frozen, batch["tokens"], prompt_length, n,
+                                           batch.get("attention_mask")))
         rows = spec.rows(sft, loss_cfg)
         logp = obj.token_logprobs(obj.aligned(model, rows["inputs"], batch.get("attention_mask")),
                                   rows["tokens"])

@@ -352,19 +352,23 @@ def _rows(params, ref_params, rollouts: dict[str, jax.Array], key: jax.Array, *,
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
-def _agdo_order_jit(graphdef, params, seqs, n_per_step, resp):
+def _agdo_order_jit(graphdef, params, seqs, n_per_step, resp, amask):
     model = nnx.merge(graphdef, nnx.State(params))
-    _, aux = model.with_attention(seqs, None, attn_mean=True)
-    order = obj.attention_order(aux["attn_mean"], ~resp, resp, n_per_step)
+    _, aux = model.with_attention(seqs, amask, attn_mean=True)
+    real = jnp.ones(seqs.shape, bool) if amask is None else amask.astype(bool)
+    order = obj.attention_order(aux["attn_mean"], real & ~resp, resp, n_per_step)
     return order, aux["I"]
 
 
-def agdo_order(graphdef, params, seqs, p_len: int, n_per_step: int):
+def agdo_order(graphdef, params, seqs, p_len: int, n_per_step: int,
+               attention_mask: jax.Array | None = None):
     """AGDO's attention order of the generated positions ``[B, L - p_len]`` and the influence
-    ``I_k`` ``[B, L]``, from one last-layer attention pass of the model on ``seqs``."""
+    ``I_k`` ``[B, L]``, from one last-layer attention pass of the model on ``seqs``.
+    ``attention_mask`` (1 on real tokens) keeps prompt padding out of the pass and out of the
+    initial committed set ``U``; padded keys get influence 0."""
     r, length = seqs.shape
     resp = jnp.zeros((r, length), bool).at[:, p_len:].set(True)
-    order, infl = _agdo_order_jit(graphdef, params, seqs, n_per_step, resp)
+    order, infl = _agdo_order_jit(graphdef, params, seqs, n_per_step, resp, attention_mask)
     return order[:, p_len:], infl
 
 
