@@ -20,6 +20,19 @@ def test_dual_cache_equals_full_forward_when_canvas_unchanged(tiny_dream):
         np.testing.assert_allclose(np.asarray(blk), full[:, start:start + 4], atol=1e-5, rtol=0)
 
 
+def test_prefix_cache_over_block_and_suffix_equals_full_forward_when_unchanged(tiny_dream):
+    """Fast-dLLM's prefix cache runs the block and everything after it over the cached prefix:
+    with the canvas unchanged since the prefill that equals the full forward's logits there."""
+    rng = np.random.default_rng(2)
+    tokens = jnp.asarray(rng.integers(0, 60, (2, 12)))
+    mask = jnp.ones((2, 12), jnp.int32).at[1, :2].set(0)
+    full = np.asarray(tiny_dream(tokens, mask))
+    _, cache = tiny_dream.prefill(tokens, mask)
+    for start in (2, 5, 8):
+        out = tiny_dream.decode_block(tokens, mask, cache, jnp.int32(start), 12 - start, "prefix")
+        np.testing.assert_allclose(np.asarray(out), full[:, start:], atol=1e-5, rtol=0)
+
+
 def test_prefix_cache_hides_the_suffix():
     from helpers import tiny_model
 

@@ -328,16 +328,24 @@ def test_sixteen_concurrent_clients_are_batched(server, client, engine):
     assert engine.batches - batches == 2  # the held one and all 16 together
 
 
-def test_seeded_sampling_is_reproducible(client, engine, tokenizer):
+def test_seeded_sampling_is_reproducible(client, engine, tokenizer, server):
     def sample(seed):
         return client.completions.create(model=NAME, prompt="Pick a word:", max_tokens=8,
                                          temperature=1.0, seed=seed).choices[0].text
 
-    with ThreadPoolExecutor(2) as pool:  # concurrent equal seeds still decode alone
-        a, b = pool.map(sample, [7, 7])
+    batches = engine.batches
+    with ThreadPoolExecutor(5) as pool, engine.held():  # all four queue behind a held batch
+        first = pool.submit(sample, 3)
+        wait_until(engine.holding.is_set, what="the first batch")
+        futures = [pool.submit(sample, s) for s in (7, 7, 8, None)]
+        wait_until(lambda: server.health()["queued"] == 4, what="4 queued requests")
+    a, b, c, _ = (f.result(WAIT_S) for f in futures)
+    first.result(WAIT_S)
+    assert engine.batches - batches == 2  # the seeded and unseeded requests shared one batch
     hot = dataclasses.replace(DEFAULTS, temperature=1.0)
-    assert a == b == reference_text(engine, tokenizer, tokenizer.encode("Pick a word:"), hot, 7)
-    assert sample(8) != a
+    prompt = tokenizer.encode("Pick a word:")
+    assert a == b == reference_text(engine, tokenizer, prompt, hot, 7)
+    assert c == reference_text(engine, tokenizer, prompt, hot, 8) != a
 
 
 @pytest.mark.parametrize("body,param,fragment", [

@@ -54,18 +54,6 @@ def geometry(config: ServedConfig) -> tuple[int, int]:
     return config.max_new_tokens, config.block_length or config.max_new_tokens
 
 
-def is_stochastic(config: ServedConfig) -> bool:
-    """Whether the PRNG key can change the output (otherwise a request's seed is irrelevant
-    and requests with any seeds share a batch). Mirrors where the strategies draw noise:
-    token sampling at ``temperature > 0``, random remasking, Dream's ``origin`` coin flips and
-    Gumbel position sampling at ``alg_temp > 0``."""
-    if config.temperature > 0 or (config.alg_temp or 0) > 0:
-        return True
-    if isinstance(config, LLaDAConfig):
-        return config.remasking == "random"
-    return config.alg == "origin"
-
-
 @dataclasses.dataclass(frozen=True)
 class Program:
     """What one compiled sampler call is keyed on (with the batch size): the prompt bucket and
@@ -285,19 +273,23 @@ class Engine:
         return self.tokenizer.decode(list(tokens), skip_special_tokens=True)
 
     # ---------------------------------------------------------------- model work
-    def run(self, prompts: Sequence[Sequence[int]], program: Program, seed: int,
+    def run(self, prompts: Sequence[Sequence[int]], program: Program, seeds: Sequence[int],
             emit: Emit) -> None:
         """Decodes one batch; ``emit(k, tokens [rows, N])`` gets every block in order, each as
         soon as it is final. Rows are left-padded to the bucket and the batch is padded with
-        filler rows to a batch size; row ``b`` draws from ``fold_in(PRNGKey(seed), b)``."""
+        filler rows to a batch size; row ``b`` decodes as it would alone with
+        ``PRNGKey(seeds[b])``."""
+        if len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
         ids, mask = left_pad([list(p) for p in prompts], self.pad_id, buckets=(program.bucket,),
                              batch_buckets=self.batch_sizes)
+        seeds = [*seeds, *[0] * (len(ids) - len(seeds))]  # filler rows
         _, n = geometry(program.config)
         live = _InFlight(len(prompts), program.bucket, n, program.num_blocks, emit)
         with self._lock:  # one batch at a time: the host callback reports to it
             self._in_flight = live
             try:
-                out = generate(self._watched, ids, mask, config=program.config, key=seed)
+                out = generate(self._watched, ids, mask, config=program.config, key=seeds)
                 seqs = np.asarray(out.sequences)
             finally:
                 self._in_flight = None

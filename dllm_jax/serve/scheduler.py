@@ -2,16 +2,11 @@
 
 A job's *group* is what must be equal for two jobs to share a batch: the compiled program
 (prompt bucket, generation length, every sampler knob, temperature included, since the sampler
-compiles it in) and where the batch's PRNG key comes from:
-
-* deterministic decoding (``engine.is_stochastic`` is False): the key is irrelevant, so jobs
-  with any seeds share a batch;
-* stochastic, no seed: a fresh random key per batch; row ``b`` draws from
-  ``fold_in(key, b)``, so rows differ;
-* stochastic with a seed: the sampler takes one key per batch, so such a job runs as row 0 of a
-  batch of its own with ``PRNGKey(seed)``; it is then reproducible and equals
-  ``generate(model, [prompt], key=seed)``. (Per-row keys in the sampler would let these share
-  batches too.)
+compiles it in). Seeds never split a batch: every row gets its own PRNG key, ``PRNGKey(seed)``
+for a request with a seed and a fresh random one otherwise, and the sampler decodes each row
+exactly as it would alone with its key, so a seeded request is reproducible and equals
+``generate(model, [prompt], key=seed)`` whatever shares its batch. (Deterministic decoding
+ignores the keys.)
 
 The worker takes the oldest live job, waits up to ``batch_wait_s`` for more of its group, and
 decodes up to ``engine.max_batch`` of them together. A job's slot (its place in the bound
@@ -32,7 +27,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from dllm_jax.serve.engine import Engine, Program, is_stochastic
+from dllm_jax.serve.engine import Engine, Program
 from dllm_jax.serve.errors import EngineFailure, QueueFull, Unavailable
 
 
@@ -74,16 +69,7 @@ class Job:
 
     @property
     def group(self) -> tuple[Any, ...]:
-        if not is_stochastic(self.program.config):
-            return (self.program, "fixed")
-        if self.seed is None:
-            return (self.program, "fresh")
-        return (self.program, "seed", self.seed)
-
-    @property
-    def batch_limit(self) -> int | None:
-        """At most this many jobs of the group per batch (None: the engine's maximum)."""
-        return 1 if self.group[1] == "seed" else None
+        return (self.program,)
 
 
 class Scheduler:
@@ -159,7 +145,7 @@ class Scheduler:
                     self._cond.wait()
                     continue
                 head = self._queue[0]
-                limit = head.batch_limit or self.engine.max_batch
+                limit = self.engine.max_batch
                 deadline = time.monotonic() + self.batch_wait_s
                 while (not self._closing and self._count(head) < limit
                        and (left := deadline - time.monotonic()) > 0):
@@ -176,7 +162,7 @@ class Scheduler:
 
     def _decode(self, batch: list[Job]) -> None:
         head = batch[0]
-        seed = head.seed if head.group[1] == "seed" else self._rng.randrange(2 ** 63)
+        seeds = [self._rng.randrange(2 ** 63) if j.seed is None else j.seed for j in batch]
 
         def emit(k: int, tokens_RN: np.ndarray) -> None:
             for job, row in zip(batch, tokens_RN, strict=True):
@@ -184,7 +170,7 @@ class Scheduler:
                     job.deliver(BlockEvent(k, [int(t) for t in row]))
 
         try:
-            self.engine.run([j.prompt for j in batch], head.program, seed, emit)
+            self.engine.run([j.prompt for j in batch], head.program, seeds, emit)
         except Exception as e:  # the worker must outlive a failed batch
             first = (str(e).strip().splitlines() or [""])[0]
             failure = FailedEvent(EngineFailure(f"generation failed: {type(e).__name__}: {first}"))
