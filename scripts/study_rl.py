@@ -3,7 +3,6 @@ tempering on the built-in 4x4 Sudoku (16-token answers, one token per denoising 
 
     python scripts/study_rl.py --out out/study            # the full design (docs/studies.md)
     python scripts/study_rl.py --quick --out out/study_quick
-    python scripts/study_rl.py --smoke --out /tmp/s       # the test suite's size
 
 One SFT model per SFT seed, trained to a step count fixed on validation data (the first seed
 stops at the first check whose validation accuracy reaches ``sft_target``; every other seed
@@ -112,11 +111,6 @@ SIZES = {
                   zone_shuffles=5, imh_prompts=16, imh_candidates=4, orders_per_x=4,
                   boot=1000),
 }
-SIZES["smoke"] = dataclasses.replace(
-    SIZES["quick"], sft_max_steps=50, sft_check_every=50, sft_lr=3e-3, rl_steps=2,
-    curve_every=2, num_test=64, num_val=32, passk_prompts=8, passk_samples=2, imh_prompts=8,
-    imh_candidates=2, orders_per_x=2, boot=200)
-
 
 # ------------------------------------------------------------------------------ runs
 def finite(x):
@@ -548,13 +542,12 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="out/study")
     ap.add_argument("--quick", action="store_true", help="toy size (2 seeds, 4 arms)")
-    ap.add_argument("--smoke", action="store_true", help="the test suite's even smaller size")
     ap.add_argument("--sft-steps", type=int, help="fix the SFT step count (default: chosen on "
                     "validation data by the first SFT seed)")
     for flag in ("arms", "sft-seeds", "rl-seeds"):
         ap.add_argument(f"--{flag}", help=f"comma-separated {flag} replacing the size's")
     args = ap.parse_args(argv)
-    name = "smoke" if args.smoke else "quick" if args.quick else "full"
+    name = "quick" if args.quick else "full"
     size, out = SIZES[name], Path(args.out)
     size = dataclasses.replace(size, **{
         k: tuple(v.split(",")) if k == "arms" else tuple(int(x) for x in v.split(","))

@@ -1,4 +1,4 @@
-"""scripts/study_rl.py at its smallest size (``--smoke``, used only here) end to end. Its
+"""scripts/study_rl.py at its toy size (``--quick``) end to end. Its
 statistics (dllm_jax.eval.stats) are tested in tests/test_stats.py."""
 
 import importlib.util
@@ -31,15 +31,15 @@ def _numbers(x):
 
 
 @pytest.mark.slow
-def test_smoke_study_end_to_end(tmp_path):
+def test_quick_study_end_to_end(tmp_path):
     out = tmp_path / "study"
     env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(
         os.environ.get("DLLM_JAX_TEST_CACHE", tmp_path / "jax_cache"))}
-    subprocess.run([sys.executable, str(REPO / "scripts" / "study_rl.py"), "--smoke", "--out",
+    subprocess.run([sys.executable, str(REPO / "scripts" / "study_rl.py"), "--quick", "--out",
                     str(out)], check=True, cwd=REPO, env=env, timeout=900)
     res = json.loads((out / "results.json").read_text())
     assert res["task"] == "sudoku" and "held-out" in res["primary_endpoint"]
-    arms = study.SIZES["smoke"].arms
+    arms = study.SIZES["quick"].arms
     assert set(res["arms"]) == set(arms) and set(res["paired_vs_uniform"]) == set(arms) - {
         "uniform"}
     for v in res["arms"].values():
@@ -56,7 +56,7 @@ def test_smoke_study_end_to_end(tmp_path):
     for png in res["plots"]:
         assert (out / png).stat().st_size > 1000
     # Resuming a finished study recomputes nothing and writes the same numbers.
-    again = subprocess.run([sys.executable, str(REPO / "scripts" / "study_rl.py"), "--smoke",
+    again = subprocess.run([sys.executable, str(REPO / "scripts" / "study_rl.py"), "--quick",
                             "--out", str(out)], check=True, cwd=REPO, env=env, timeout=300,
                            capture_output=True, text=True)
     assert "SFT seed 0 step" not in again.stdout
