@@ -411,3 +411,32 @@ def test_rl_on_a_file_keeps_the_prompts_attention_mask(tmp_path, shared_dir):
               for b in (batch, repadded)]
     assert losses[0] > 1e-3
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-6)
+
+
+def test_rl_stop_hook_chunks_equal_one_run(tmp_path, tiny_init, monkeypatch):
+    """``run_rl(stop=...)`` trains in checkpoint-sized chunks and asks ``stop`` after each: a
+    hook that never stops gives exactly the parameters of one uninterrupted run (the rollouts
+    are re-created from the seed and the step), and one that stops ends the run there."""
+    from dllm_jax.data.sources import TaskSource
+    from dllm_jax.train.programs import run_rl
+
+    monkeypatch.setattr(TaskSource, "rewards",
+                        lambda self, rows, comp: (np.asarray(comp) % 2).mean(1))
+
+    def prog(out):
+        return load_config(RLProgram, None, [
+            f"model.init={tiny_init}", "data.num_train=64", "train.steps=4", "train.log_every=1",
+            "train.checkpoint.every=2", "train.optim.total_steps=4", "rl.prompts_per_step=2",
+            "rl.group_size=4", f"out={out}"])
+
+    plain = run_rl(prog(tmp_path / "plain"), progress=False, mesh=None)
+    asked = []
+    hooked = run_rl(prog(tmp_path / "hooked"), progress=False, mesh=None,
+                    stop=lambda model, step, last: asked.append(step) or False)
+    assert asked == [2, 4]
+    for a, b in zip(_params(hooked), _params(plain), strict=True):
+        np.testing.assert_array_equal(a, b)
+    run_rl(prog(tmp_path / "stopped"), progress=False, mesh=None, stop=lambda m, s, last: True)
+    steps = [json.loads(x)["step"] for x in
+             (tmp_path / "stopped" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]

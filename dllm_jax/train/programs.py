@@ -218,8 +218,10 @@ def run_sft(prog: SFTProgram, resume: bool = False, progress: bool = True, *,
 
 
 def run_rl(prog: RLProgram, resume: bool = False, progress: bool = True, *,
-           overwrite: bool = False, mesh: Any = "auto") -> Path:
-    """Trains ``prog`` (resolved here) and returns ``<out>/model`` (see :func:`run_sft`)."""
+           overwrite: bool = False, stop: StopFn | None = None, mesh: Any = "auto") -> Path:
+    """Trains ``prog`` (resolved here) and returns ``<out>/model`` (see :func:`run_sft`;
+    ``stop`` is asked after every checkpoint, e.g. to evaluate the policy during RL; the
+    chunked run equals one uninterrupted run)."""
     prog = prog.resolved()
     rl = prog.rl
     if prog.train.checkpoint.every % rl.inner_iterations:
@@ -232,7 +234,7 @@ def run_rl(prog: RLProgram, resume: bool = False, progress: bool = True, *,
                       batcher, prog.out, extra_config={"program": to_dict(prog)},
                       progress=progress, mesh=mesh)
     batcher.attach(trainer)
-    trainer.run(resume=resume, overwrite=overwrite)
+    _run(trainer, resume, overwrite, stop)
     return _save_final(trainer.model, source, Path(prog.out))
 
 
