@@ -74,6 +74,8 @@ def test_per_row_keys_decode_each_row_as_alone(family, sharp_llada, sharp_dream)
     for row, (p, s) in enumerate(zip(prompts, seeds, strict=True)):
         alone = np.asarray(generate(model, [p], config=cfg, key=s).sequences)[0]
         np.testing.assert_array_equal(batch[row, -len(alone):], alone)
+    as_array = np.asarray(generate(model, prompts, config=cfg, key=np.array(seeds)).sequences)
+    np.testing.assert_array_equal(as_array, batch)  # an integer array of seeds is the same
     shared = np.asarray(generate(model, prompts, config=cfg, key=5).sequences)
     assert not np.array_equal(shared[0], shared[2])  # so the test can tell the two apart
     with pytest.raises(ValueError, match="2 per-row keys for 3 prompt rows"):

@@ -37,10 +37,13 @@ from dllm_jax.sampling.sources import ClassifierFreeGuidance, LogitsFn, ModelLog
 
 
 def as_key(key: Any, rows: int | None = None) -> jax.Array:
-    """An int seed or a PRNG key for the batch; or a list of seeds/keys, or an array of raw
-    keys ``[B, 2]``, one per row (returned as raw keys ``[B, 2]``)."""
+    """An int seed or a PRNG key for the batch; or one per row: a list of seeds/keys, a 1-D
+    array of signed integer seeds, or raw keys ``[B, 2]`` (returned as raw keys ``[B, 2]``)."""
     if isinstance(key, (int, np.integer)):
         return jax.random.PRNGKey(int(key))
+    if (isinstance(key, (np.ndarray, jax.Array)) and key.ndim == 1
+            and jnp.issubdtype(key.dtype, jnp.signedinteger)):
+        key = [int(k) for k in np.asarray(key)]  # seeds (a raw key is uint32)
     if isinstance(key, (list, tuple)):
         if not key:
             raise ValueError("key: an empty list of per-row keys")
@@ -85,8 +88,8 @@ def generate(model: nnx.Module, prompt_ids: Any, attention_mask: Any = None, *, 
       attention_mask: ``[B, P]`` 1 for real prompt tokens.
       config: ``LLaDAConfig``, ``DreamConfig`` or ``IMHConfig``.
       key: PRNG key or int seed for the batch (row ``b`` draws from ``fold_in(key, b)``), or one
-        per row (a list of seeds/keys or raw keys ``[B, 2]``): row ``b`` then decodes exactly
-        as ``generate`` of that row alone with its key.
+        per row (a list or integer array of seeds, a list of keys, raw keys ``[B, 2]``): row
+        ``b`` then decodes exactly as ``generate`` of that row alone with its key.
       record: also return the :class:`Trajectory`.
       record_attention: also record AGDO's ``S_i`` at commit (needs ``cache='none'``).
       mesh: run sharded over this mesh (see docs/sampling.md, "Sharded sampling"); default:
