@@ -127,7 +127,7 @@ class TaskSource:
 
     def rewards(self, rows: np.ndarray, completions: np.ndarray) -> np.ndarray:
         eos = self.tokenizer.eos_id
-        return np.asarray([self.task.verify(self.examples[int(i)],
+        return np.asarray([self.task.rl_reward(self.examples[int(i)],
                                             self.tokenizer.decode(completion_until_eos(c, eos)))
                            for i, c in zip(rows, completions, strict=True)], np.float32)
 

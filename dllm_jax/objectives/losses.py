@@ -238,7 +238,8 @@ def tracerl_loss(logp_SL: jax.Array, logp_old_SL: jax.Array, logp_ref_SL: jax.Ar
       adv_SL: optional per-token advantages replacing ``adv_S`` (AGDO-RL).
 
     Returns:
-      ``(loss, aux)`` with ``aux = {"loss", "states", "clip_frac"}``.
+      ``(loss, aux)`` with ``aux = {"loss", "states", "kl", "clip_frac"}`` (``kl``: the mean
+      k3 estimate over target tokens, 0 without a reference).
     """
     _same_shape(logp_SL=logp_SL, logp_old_SL=logp_old_SL, logp_ref_SL=logp_ref_SL,
                 target_mask_SL=target_mask_SL, adv_SL=adv_SL)
@@ -248,12 +249,14 @@ def tracerl_loss(logp_SL: jax.Array, logp_old_SL: jax.Array, logp_ref_SL: jax.Ar
     adv = adv_S[:, None] if adv_SL is None else adv_SL
     obj, clip_frac = clipped_objective(logp_SL, logp_old_SL, adv, eps)
     per_tok = -obj
+    kl = jnp.zeros_like(per_tok) if logp_ref_SL is None else k3_kl(logp_SL, logp_ref_SL)
     if logp_ref_SL is not None and beta:
-        per_tok = per_tok + beta * k3_kl(logp_SL, logp_ref_SL)
+        per_tok = per_tok + beta * kl
     per_state = (per_tok * m).sum(-1) / jnp.maximum(m.sum(-1), 1.0)
     has = (m.sum(-1) > 0).astype(jnp.float32)
     loss = (per_state * has).sum() / num_rollouts
     aux = {"loss": loss, "states": has.sum(),
+           "kl": (kl * m).sum() / jnp.maximum(m.sum(), 1.0),
            "clip_frac": (clip_frac * m).sum() / jnp.maximum(m.sum(), 1.0)}
     return loss, aux
 

@@ -76,6 +76,11 @@ class Puzzle(Task):
     def solution(self, item: Example | Item) -> str:
         """A bare answer that :meth:`verify` accepts."""
 
+    def rl_reward(self, example: Example | Item, completion: str) -> float:
+        """The reward the RL program trains on for a bare ``completion``, in [0, 1]; by
+        default :meth:`verify` (a task with a dense reward overrides it)."""
+        return self.verify(example, completion)
+
     def reward(self, item: Item, completion: str) -> float:
         answer = self.answer_of(completion)
         return 0.0 if answer is None else self.verify(item, answer)

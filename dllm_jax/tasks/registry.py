@@ -12,12 +12,14 @@ from dllm_jax.tasks.base import Task
 from dllm_jax.tasks.coding import MBPP, HumanEval
 from dllm_jax.tasks.common import Puzzle
 from dllm_jax.tasks.countdown import Countdown
+from dllm_jax.tasks.digitsum import DigitSum
 from dllm_jax.tasks.maths import GSM8K, MathProblems, math_files
 from dllm_jax.tasks.sudoku import Sudoku
 
 TASKS: dict[str, Task] = {t.name: t for t in [
     Addition(),
     Countdown(),
+    DigitSum(),
     Sudoku(),
     GSM8K(),
     MathProblems(name="math500", data=math_files(

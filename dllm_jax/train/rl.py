@@ -345,6 +345,10 @@ def _rows(params, ref_params, rollouts: dict[str, jax.Array], key: jax.Array, *,
             score_ref=None if ref is None else functools.partial(_logp, ref))
         draws = [plan.spec.rows(dataclasses.replace(base, key=jax.random.fold_in(key, 1 + i)),
                                 plan.loss_cfg) for i in range(plan.draws)]
+    # 1 on every row of a rollout whose group's rewards are all equal (no learning signal).
+    flat = rewards.reshape(-1, plan.group_size)
+    zero_var_R = jnp.repeat((flat.max(-1) == flat.min(-1)).astype(jnp.float32), plan.group_size)
+    draws = [{**d, "zero_var": jnp.repeat(zero_var_R, d["adv"].shape[0] // r)} for d in draws]
     if plan.mesh is None:
         return draws
     batch = st.batch_sharding(plan.mesh)
@@ -399,6 +403,7 @@ def make_rl_loss(cfg: RLConfig, num_rollouts: int):
         share = batch["inputs"].shape[0] / rows_per_step
         loss, aux = spec.loss(loss_cfg, logp, batch, num_rollouts=num_rollouts * share,
                               group_size=cfg.group_size)
-        return loss, {**aux, "reward": batch["reward"].mean()}
+        return loss, {**aux, "reward": batch["reward"].mean(),
+                      "zero_var_groups": batch["zero_var"].mean()}
 
     return loss_fn

@@ -182,7 +182,8 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn,
         updates, opt = optimizer.update(grads, state["opt"], params)
         new = {"params": optax.apply_updates(params, updates), "opt": opt,
                "step": state["step"] + 1}
-        metrics = {**aux, "loss": loss, "grad_norm": optax.tree.norm(grads)}
+        metrics = {**aux, "loss": loss, "grad_norm": optax.tree.norm(grads),
+                   "update_norm": optax.tree.norm(updates)}
         return new, metrics
 
     if mesh is None:
