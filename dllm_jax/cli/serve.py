@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -92,8 +93,20 @@ def _run_defaults(args: argparse.Namespace) -> None:
           f"{saved['block_length']}, steps {saved['steps']}", file=sys.stderr, flush=True)
 
 
+def _log_to_stderr(level: str) -> None:
+    """The server's own lines (dropped batches, shutdown) beside uvicorn's."""
+    logger = logging.getLogger("dllm_jax.serve")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(level.upper())
+
+
 def _serve(args: argparse.Namespace) -> int:
     _check_limits(args)
+    _log_to_stderr(args.log_level)
     _run_defaults(args)
     defaults = sampler_config_from_args(args, args.model)
     batch_sizes = _ints(args.batch_sizes, "--batch-sizes")

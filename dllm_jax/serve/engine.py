@@ -19,6 +19,7 @@ ends the compiled program at that block boundary, and :meth:`Engine.run` raises
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -72,6 +73,15 @@ class Program:
     def num_blocks(self) -> int:
         g, n = geometry(self.config)
         return g // n
+
+
+def _not_a_drop(record: logging.LogRecord) -> bool:
+    """JAX logs every exception a host callback raises; a dropped batch is not a failure."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return not isinstance(exc, BatchDropped)
+
+
+logging.getLogger("jax._src.callback").addFilter(_not_a_drop)
 
 
 def _check_text(text: str, param: str) -> None:
