@@ -1,23 +1,20 @@
 """``dllm-jax serve`` against real servers on 127.0.0.1, driven by the official ``openai`` client.
 
-One tiny Dream-family checkpoint whose vocabulary covers the Qwen2.5 tokenizer is served by
-uvicorn threads in this process (sharing one engine, so few programs compile: batch 1 and 16,
-prompt bucket 64, 8 tokens in two blocks) and, for SIGTERM, by the ``dllm-jax serve`` command
-in a subprocess. The engine here can hold a batch right after its first block, so tests see a
-batch mid-flight deterministically. Every wait is bounded in count and time.
+One tiny Dream-family checkpoint with a tiny character-level tokenizer built here (see
+tests/serve_support.py) is served by uvicorn threads in this process, sharing one engine, so few
+programs compile: batch 1 and 16, prompt bucket 64, 8 tokens in two blocks. The engine here can
+hold a batch right after its first block, so tests see a batch mid-flight deterministically.
+tests/test_serve_process.py runs the ``dllm-jax serve`` command itself. Every wait is bounded
+in count and time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
-import http.client
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,80 +25,18 @@ import openai
 import pytest
 import uvicorn
 from helpers import tiny_model
+from serve_support import WAIT_S, Http, free_port, save_tiny_checkpoint, wait_until
 
 from dllm_jax.cli import main
-from dllm_jax.data.tokenizer import load_tokenizer
 from dllm_jax.sampling import DreamConfig, LLaDAConfig, generate
 from dllm_jax.serve import Engine, create_app
 from dllm_jax.serve import engine as serve_engine
 from dllm_jax.serve.errors import RequestError
+from dllm_jax.serve.http import GracefulServer
 from dllm_jax.serve.text import TextAssembler
-from dllm_jax.weights import save_checkpoint
 
 NAME = "tiny"
 DEFAULTS = LLaDAConfig(steps=4, gen_length=8, block_length=4)  # 2 blocks of 2 steps
-WAIT_S = 60.0
-
-
-def wait_until(cond, timeout=WAIT_S, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Http:
-    """Raw HTTP to a server (stdlib only): JSON posts and server-sent-event lines."""
-
-    def __init__(self, port: int):
-        self.port = port
-
-    def _send(self, method: str, path: str, body: bytes | None = None, timeout=WAIT_S):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
-        return conn, conn.getresponse()
-
-    def request(self, method: str, path: str, body=None, raw: bytes | None = None,
-                timeout=WAIT_S) -> tuple[int, dict]:
-        data = raw if raw is not None else None if body is None else json.dumps(body).encode()
-        conn, resp = self._send(method, path, data, timeout)
-        try:
-            return resp.status, json.loads(resp.read() or b"null")
-        finally:
-            conn.close()
-
-    def post(self, path: str, body=None, raw: bytes | None = None) -> tuple[int, dict]:
-        return self.request("POST", path, body, raw)
-
-    def health(self, timeout=WAIT_S) -> dict:
-        return self.request("GET", "/health", timeout=timeout)[1]
-
-    @contextlib.contextmanager
-    def stream(self, path: str, body):
-        """Yields an iterator over the non-empty lines of a streamed response; leaving the
-        block closes the connection (a client that drops)."""
-        conn, resp = self._send("POST", path, json.dumps(body).encode())
-
-        def lines():
-            for _ in range(10_000):
-                line = resp.readline()
-                if not line:
-                    return
-                if line.strip():
-                    yield line.decode().strip()
-
-        try:
-            yield lines()
-        finally:
-            conn.close()
 
 
 class HeldEngine(Engine):
@@ -113,14 +48,14 @@ class HeldEngine(Engine):
         self.gate.set()
         self.holding = threading.Event()
 
-    def run(self, prompts, program, seed, emit):
+    def run(self, prompts, program, seed, emit, keep_going=None):
         def emit_then_hold(k, tokens):
             emit(k, tokens)
             if k == 0 and not self.gate.is_set():
                 self.holding.set()
                 self.gate.wait(WAIT_S)
 
-        super().run(prompts, program, seed, emit_then_hold)
+        super().run(prompts, program, seed, emit_then_hold, keep_going)
 
     @contextlib.contextmanager
     def held(self):
@@ -164,29 +99,18 @@ class ThreadServer:
 
 
 @pytest.fixture(scope="module")
-def tokenizer(shared_dir):
-    path = shared_dir / "tokenizers" / "qwen2.5"
-    if not path.is_dir():
-        pytest.skip("the qwen2.5 tokenizer is not present")
-    return load_tokenizer(path)
-
-
-@pytest.fixture(scope="module")
-def ckpt(tokenizer, tmp_path_factory):
+def ckpt(tmp_path_factory):
     """A tiny Dream-family model (vocab = tokenizer + MASK) saved with its tokenizer."""
-    path = tmp_path_factory.mktemp("serve") / NAME
-    model = tiny_model("dream", seed=3, vocab_size=len(tokenizer) + 1,
-                       mask_token_id=len(tokenizer), bos_token_id=None,
-                       eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-                       pad_token_id=tokenizer.pad_token_id, hidden_size=16, num_heads=2,
-                       num_kv_heads=1, head_dim=8, intermediate_size=32)
-    save_checkpoint(model, path)
-    tokenizer.save_pretrained(path)
-    return path
+    return tmp_path_factory.mktemp("serve") / NAME
 
 
 @pytest.fixture(scope="module")
-def engine(ckpt):
+def tokenizer(ckpt):
+    return save_tiny_checkpoint(ckpt)
+
+
+@pytest.fixture(scope="module")
+def engine(ckpt, tokenizer):
     return HeldEngine.load(ckpt, defaults=DEFAULTS, name=NAME, prompt_buckets=(64,),
                            batch_sizes=(1, 16))
 
@@ -351,12 +275,18 @@ def test_seeded_sampling_is_reproducible(client, engine, tokenizer, server):
 @pytest.mark.parametrize("body,param,fragment", [
     ({"max_tokens": -3}, "max_tokens", "max_tokens must be >= 1"),
     ({"max_tokens": 10 ** 9}, "max_tokens", "max_position_embeddings"),
-    ({"model": "gpt-4"}, "model", "unknown model"),
-    ({"prompt": list(range(1, 201)), "max_tokens": 64}, "max_tokens",
+    ({"prompt": [3 + i % 70 for i in range(200)], "max_tokens": 64}, "max_tokens",
      "exceeds the model's max_position_embeddings (256)"),
     ({"alg": "entropy"}, "alg", "not used by the llada sampler"),
     ({"stepz": 4}, "stepz", "unknown field"),
     ({"steps": 3}, None, "not divisible by the number of blocks"),
+    ({"steps": 16}, "steps", "steps (16) exceeds the generation length (8 tokens"),
+    ({"steps": 10 ** 12, "max_tokens": 4}, "steps", "exceeds the generation length (4 tokens"),
+    ({"prompt": "caf\u00e9"}, "prompt", "'\u00e9' (U+00E9) at position 3 is not in the"),
+    ({"prompt": "a\u0000b"}, "prompt", "(U+0000) at position 1 is not in the tokenizer"),
+    ({"prompt": "ab\ud800"}, "prompt", "lone surrogate (U+D800) at position 2"),
+    ({"stream": True, "stream_options": {"include_usage": True, "x": 1}},
+     "stream_options.x", "unknown field"),
     ({"block_length": 0}, "block_length", "block_length must be >= 1"),
     ({"n": 2}, "n", "n must be 1"),
     ({"prompt": ""}, "prompt", "the prompt is empty"),
@@ -408,55 +338,92 @@ def test_full_queue_timeout_and_dropped_client(engine):
         wait_until(engine.holding.is_set, what="the held batch")
 
 
-def test_sigterm_drains_and_exits(ckpt, tmp_path):
+def test_unknown_model_is_404_and_bad_text_in_chat_is_400(server, engine):
+    batches = engine.batches
+    status, out = server.http.post("/v1/completions",
+                                   {"model": "gpt-4", "prompt": "Hi", "max_tokens": 8})
+    assert status == 404, out
+    assert out["error"]["code"] == "model_not_found" and out["error"]["param"] == "model"
+    assert "'gpt-4' does not exist" in out["error"]["message"]
+    for content, fragment in [("caf\u00e9", "'\u00e9' (U+00E9) at position 3"),
+                              ("x\ud800", "lone surrogate (U+D800) at position 1")]:
+        body = {"model": NAME, "max_tokens": 8,
+                "messages": [{"role": "user", "content": "Hi"},
+                             {"role": "user", "content": content}]}
+        status, out = server.http.post("/v1/chat/completions", body)
+        assert status == 400 and fragment in out["error"]["message"], out
+    assert engine.batches == batches
+
+
+def test_body_limit_is_checked_before_parsing(engine):
+    app = create_app(engine, max_body_bytes=200)
+    body = {"model": NAME, "prompt": "Hi", "max_tokens": 8}
+    big = json.dumps({**body, "user": "u" * 300}).encode()
+    with ThreadServer(app) as s:
+        status, out = s.http.post("/v1/completions", raw=big)
+        assert status == 413 and out["error"]["code"] == "request_too_large", out
+        assert "limit of 200 bytes" in out["error"]["message"]
+        # not JSON at all: still 413, so nothing was parsed
+        status, out = s.http.post("/v1/completions", raw=b"{" * 300)
+        assert status == 413, out
+        # a chunked body (no Content-Length) is cut as soon as it passes the limit
+        chunks = (big[i:i + 64] for i in range(0, len(big), 64))
+        status, out = s.http.post("/v1/completions", raw=chunks)  # http.client: chunked
+        assert status == 413, out
+        assert s.http.post("/v1/completions", body)[0] == 200
+
+
+def test_tokenising_and_planning_run_off_the_event_loop(server, engine, monkeypatch):
+    """A slow tokenizer or schedule holds only its own request: /health answers meanwhile."""
+    started, release = threading.Event(), threading.Event()
+    for name in ("completion_prompt", "program"):
+        original = getattr(Engine, name)
+
+        def slow(self, *args, _original=original, **kw):
+            started.set()
+            release.wait(WAIT_S)
+            return _original(self, *args, **kw)
+
+        monkeypatch.setattr(engine, name, slow.__get__(engine))
+        started.clear()
+        release.clear()
+        with ThreadPoolExecutor(1) as pool:
+            slow_request = pool.submit(server.http.post, "/v1/completions",
+                                       {"model": NAME, "prompt": "Hi", "max_tokens": 8})
+            wait_until(started.is_set, what=f"the slow {name}")
+            t0 = time.monotonic()
+            assert server.health()["status"] == "ok"
+            assert time.monotonic() - t0 < 1.0, name
+            release.set()
+            assert slow_request.result(WAIT_S)[0] == 200
+        monkeypatch.undo()
+
+
+def test_graceful_shutdown_lets_a_short_request_finish(engine):
+    """A shutdown (what SIGTERM starts) while a batch is held mid-flight: the listener closes,
+    the request still completes within the grace period, the worker stops."""
+    app = create_app(engine)
     port = free_port()
+    uv = GracefulServer(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                       timeout_graceful_shutdown=4.0), 5.0,
+                        lambda deadline: app.state.server.begin_shutdown(
+                            asyncio.get_running_loop(), 4.0))
+    thread = threading.Thread(target=uv.run, daemon=True)
     http = Http(port)
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dllm_jax.cli", "serve", "--model", str(ckpt), "--port",
-         str(port), "--model-name", NAME, "--gen-length", "8", "--block-length", "4",
-         "--steps", "4", "--prompt-buckets", "64", "--batch-sizes", "1",
-         "--log-level", "info"], env=env, stderr=log, text=True)
-    try:
-        def up():
-            with contextlib.suppress(OSError):
-                return http.health(timeout=1)["status"] == "ok"
-            return False
-
-        wait_until(lambda: up() or proc.poll() is not None, timeout=180,
-                   what="the serve subprocess")
-        assert proc.poll() is None, "the serve subprocess exited"
-        lines, done = [], threading.Event()
-
-        def read():  # a first request compiles its program: in flight for seconds
-            body = {"model": NAME, "prompt": "Hi", "max_tokens": 64, "steps": 64,
-                    "stream": True}
-            with http.stream("/v1/completions", body) as it:
-                lines.extend(it)
-            done.set()
-
-        reader = threading.Thread(target=read)
-        reader.start()
-        wait_until(lambda: http.health()["active"] == 1, what="an in-flight request")
-        proc.send_signal(signal.SIGTERM)
-        assert not done.is_set()
-        wait_until(lambda: not up(), timeout=30, what="the listener to close")
-        reader.join(WAIT_S)
-        assert lines[-1] == "data: [DONE]"
-        assert json.loads(lines[-2][6:])["choices"][0]["finish_reason"] in ("length", "stop")
-        # uvicorn re-raises the signal once drained, so the exit status is SIGTERM's
-        assert proc.wait(timeout=WAIT_S) in (0, -signal.SIGTERM)
-        log.flush()
-        assert "Application shutdown complete" in (tmp_path / "serve.log").read_text()
-    except AssertionError as e:
-        log.flush()
-        raise AssertionError(f"{e}\nserve log:\n{(tmp_path / 'serve.log').read_text()}") from e
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(WAIT_S)
-        log.close()
+    full = None
+    with engine.held(), ThreadPoolExecutor(1) as pool:
+        thread.start()
+        wait_until(lambda: uv.started, what="server start")
+        answer = pool.submit(http.post, "/v1/completions",
+                             {"model": NAME, "prompt": "Hi", "max_tokens": 8})
+        wait_until(engine.holding.is_set, what="the held batch")
+        uv.handle_exit(signal.SIGTERM, None)
+        wait_until(lambda: not http.up(), timeout=10, what="the listener to close")
+        engine.gate.set()
+        status, full = answer.result(WAIT_S)
+    thread.join(WAIT_S)
+    assert not thread.is_alive() and app.state.stopped
+    assert status == 200 and full["choices"][0]["finish_reason"] in ("length", "stop")
 
 
 def test_cli_refuses_bad_flags_in_one_line(ckpt, capsys):

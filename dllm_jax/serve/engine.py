@@ -9,11 +9,17 @@ decoding never revisits them), so the server streams block ``k`` while block ``k
 denoised, and the tokens are exactly those a plain ``generate`` call returns. The cost is one
 small device-to-host transfer per block and a program that the persistent compilation cache
 does not store (it holds a host callback). See docs/serving.md, "Streaming".
+
+The same host call is where a batch is dropped: when the batch's ``keep_going()`` turns False
+(every client timed out or left, or the server is shutting down) the callback raises, which
+ends the compiled program at that block boundary, and :meth:`Engine.run` raises
+:class:`~dllm_jax.serve.errors.BatchDropped`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -30,7 +36,8 @@ from dllm_jax.data.batching import DEFAULT_BUCKETS, bucket_for, left_pad
 from dllm_jax.data.tokenizer import load_tokenizer, render_prompt
 from dllm_jax.errors import ConfigError
 from dllm_jax.sampling import DreamConfig, LLaDAConfig, generate
-from dllm_jax.serve.errors import RequestError
+from dllm_jax.serve.errors import BatchDropped, RequestError
+from dllm_jax.serve.settings import served_name
 from dllm_jax.weights import from_pretrained
 
 ServedConfig = LLaDAConfig | DreamConfig
@@ -66,6 +73,26 @@ class Program:
     def num_blocks(self) -> int:
         g, n = geometry(self.config)
         return g // n
+
+
+def _not_a_drop(record: logging.LogRecord) -> bool:
+    """JAX logs every exception a host callback raises; a dropped batch is not a failure."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return not isinstance(exc, BatchDropped)
+
+
+logging.getLogger("jax._src.callback").addFilter(_not_a_drop)
+
+
+def _check_text(text: str, param: str) -> None:
+    """Refuses text that is not valid Unicode (a lone surrogate, which JSON's ``\\ud800``
+    escapes can carry) with the position of the first bad character."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise RequestError(f"{param} holds a lone surrogate (U+{ord(text[e.start]):04X}) at "
+                           f"position {e.start}, which is not valid Unicode text",
+                           param) from None
 
 
 class BlockWatch(nnx.Module):
@@ -120,9 +147,14 @@ class _InFlight:
     block_length: int
     num_blocks: int
     emit: Emit
+    keep_going: Callable[[], bool] | None = None
     reported: int = -1  # last block index already emitted
+    dropped: bool = False
 
     def report(self, block_BN: np.ndarray, start: int) -> None:
+        if self.keep_going is not None and not self.keep_going():
+            self.dropped = True  # raising here ends the compiled program at this block
+            raise BatchDropped("the batch was dropped between blocks")
         k = (start - self.width) // self.block_length - 1  # the block before the window
         if k > self.reported:
             self.reported = k
@@ -149,14 +181,25 @@ class Engine:
       prompt_buckets: allowed prompt widths (default: the standard buckets up to
         ``max_position_embeddings``).
       batch_sizes: allowed batch sizes; a batch is padded with filler rows to the next one.
+      max_steps: the most denoising steps a request may ask for; None: its generation length
+        (one token per step).
     """
 
     def __init__(self, model: nnx.Module, tokenizer: Any, *, name: str, defaults: ServedConfig,
                  prompt_buckets: Sequence[int] | None = None,
-                 batch_sizes: Sequence[int] = (1, 4, 16)):
+                 batch_sizes: Sequence[int] = (1, 4, 16), max_steps: int | None = None):
         if type(defaults) not in KNOBS:
             raise ConfigError("serve supports the llada and dream samplers, "
                               f"got {type(defaults).__name__}")
+        if max_steps is not None and max_steps < 1:
+            raise ConfigError(f"max_steps must be >= 1, got {max_steps}")
+        g = geometry(defaults)[0]
+        if defaults.steps > (max_steps or g):
+            raise ConfigError(
+                f"the default steps ({defaults.steps}) exceed "
+                + (f"max_steps ({max_steps})" if max_steps else
+                   f"the generation length ({g}); serve decodes at most one token per step "
+                   "unless --max-steps allows more"))
         defaults.plan(model.config, 1)  # e.g. a checkpoint without a MASK token: refuse now
         self.max_positions = model.config.max_position_embeddings
         if prompt_buckets is None:
@@ -168,6 +211,7 @@ class Engine:
         self.tokenizer = tokenizer
         self.name = name
         self.defaults = defaults
+        self.max_steps = max_steps
         self.prompt_buckets = tuple(sorted(prompt_buckets))
         self.batch_sizes = tuple(sorted(batch_sizes))
         cfg = model.config
@@ -188,7 +232,8 @@ class Engine:
         """Loads a checkpoint directory and its tokenizer (default: the same directory)."""
         tokenizer = load_tokenizer(tokenizer_dir or model_dir)
         model = from_pretrained(model_dir, dtype=dtype)
-        return cls(model, tokenizer, name=name or Path(model_dir).name, defaults=defaults, **kw)
+        return cls(model, tokenizer, name=name or served_name(model_dir), defaults=defaults,
+                   **kw)
 
     @property
     def max_batch(self) -> int:
@@ -201,8 +246,13 @@ class Engine:
     # ---------------------------------------------------------------- preparation (host only)
     def completion_prompt(self, prompt: str | Sequence[int]) -> list[int]:
         """Token ids of a completion prompt: text as the tokenizer encodes it, or ids."""
-        ids = (render_prompt(self.tokenizer, prompt, chat_template=False)
-               if isinstance(prompt, str) else [int(t) for t in prompt])
+        if not isinstance(prompt, str):
+            return self._checked([int(t) for t in prompt], "prompt")
+        _check_text(prompt, "prompt")
+        try:
+            ids = render_prompt(self.tokenizer, prompt, chat_template=False)
+        except Exception as e:  # tokenizers raise plain Exception for an unknown character
+            raise RequestError(self._untokenizable([prompt], e), "prompt") from None
         return self._checked(ids, "prompt")
 
     def chat_prompt(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
@@ -210,6 +260,8 @@ class Engine:
         if not getattr(self.tokenizer, "chat_template", None):
             raise RequestError(f"model {self.name} has no chat template; use /v1/completions",
                                "messages")
+        for i, m in enumerate(messages):
+            _check_text(m["content"], f"messages.{i}.content")
         try:
             enc = self.tokenizer.apply_chat_template(
                 [dict(m) for m in messages], add_generation_prompt=True, tokenize=True,
@@ -217,7 +269,27 @@ class Engine:
         except jinja2.TemplateError as e:  # the template refuses this conversation
             raise RequestError(f"the chat template refused the messages: {e}",
                                "messages") from None
+        except Exception as e:  # tokenizers raise plain Exception for an unknown character
+            raise RequestError(self._untokenizable([m["content"] for m in messages], e),
+                               "messages") from None
         return self._checked(list(enc["input_ids"]), "messages")
+
+    def _untokenizable(self, texts: Sequence[str], error: Exception) -> str:
+        """One line on why the tokenizer refused ``texts``: the first character it cannot
+        encode on its own, else the tokenizer's own first line."""
+        for text in texts:
+            seen: set[str] = set()
+            for i, ch in enumerate(text):
+                if ch in seen:
+                    continue
+                seen.add(ch)
+                try:
+                    self.tokenizer.encode(ch)
+                except Exception:  # noqa: BLE001 - the same refusal, now for one character
+                    return (f"character {ch!r} (U+{ord(ch):04X}) at position {i} is not in "
+                            "the tokenizer's vocabulary")
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        return f"the tokenizer cannot encode the prompt: {first[:200]}"
 
     def _checked(self, ids: list[int], param: str) -> list[int]:
         if not ids:
@@ -232,7 +304,8 @@ class Engine:
                 knobs: Mapping[str, Any]) -> Program:
         """Resolves a request's length and knobs into a :class:`Program` (raises
         :class:`RequestError`). ``max_tokens`` is rounded up to whole blocks; without
-        ``steps`` the defaults' steps per generated token are kept."""
+        ``steps`` the defaults' steps per generated token are kept (at most the step limit).
+        Every bound (context, steps) is checked before the schedule is planned."""
         cls = type(self.defaults)
         for k in knobs:
             if k not in KNOBS[cls]:
@@ -253,10 +326,7 @@ class Engine:
         if prompt_length > self.prompt_buckets[-1]:
             raise RequestError(f"the prompt has {prompt_length} tokens; the longest accepted is "
                                f"{self.prompt_buckets[-1]}", "prompt", "context_length_exceeded")
-        steps = knobs.get("steps")
-        if steps is None:
-            per_block = max(1, round(self.defaults.steps * (block or g) / default_g))
-            steps = per_block * (g // (block or g))
+        steps = self._steps(knobs.get("steps"), g, block or g, default_g)
         length_knob = "gen_length" if cls is LLaDAConfig else "max_new_tokens"
         changes = {**knobs, length_knob: g, "block_length": block, "steps": steps}
         if changes.get("top_p") == 1.0:  # the OpenAI default: no filtering, one program
@@ -269,28 +339,51 @@ class Engine:
             raise RequestError(str(e)) from None
         return Program(bucket, config)
 
+    def step_limit(self, g: int) -> int:
+        """The most steps a request generating ``g`` tokens may take."""
+        return self.max_steps if self.max_steps is not None else g
+
+    def _steps(self, steps: int | None, g: int, block: int, default_g: int) -> int:
+        limit, blocks = self.step_limit(g), g // block
+        if steps is None:
+            per_block = max(1, round(self.defaults.steps * block / default_g))
+            steps = min(per_block, max(1, limit // blocks)) * blocks
+        if steps > limit:
+            where = (f"the server's --max-steps ({limit})" if self.max_steps is not None else
+                     f"the generation length ({g} tokens: max_tokens rounded up to whole "
+                     "blocks; one token per step at most)")
+            raise RequestError(f"steps ({steps}) exceeds {where}", "steps", "steps_limit")
+        return steps
+
     def decode(self, tokens: Sequence[int]) -> str:
         return self.tokenizer.decode(list(tokens), skip_special_tokens=True)
 
     # ---------------------------------------------------------------- model work
     def run(self, prompts: Sequence[Sequence[int]], program: Program, seeds: Sequence[int],
-            emit: Emit) -> None:
+            emit: Emit, keep_going: Callable[[], bool] | None = None) -> None:
         """Decodes one batch; ``emit(k, tokens [rows, N])`` gets every block in order, each as
         soon as it is final. Rows are left-padded to the bucket and the batch is padded with
         filler rows to a batch size; row ``b`` decodes as it would alone with
-        ``PRNGKey(seeds[b])``."""
+        ``PRNGKey(seeds[b])``.
+
+        ``keep_going()`` is asked at the start of every block; False drops the batch there
+        (raises :class:`BatchDropped`; the blocks already emitted stay emitted)."""
         if len(seeds) != len(prompts):
             raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
         ids, mask = left_pad([list(p) for p in prompts], self.pad_id, buckets=(program.bucket,),
                              batch_buckets=self.batch_sizes)
         seeds = [*seeds, *[0] * (len(ids) - len(seeds))]  # filler rows
         _, n = geometry(program.config)
-        live = _InFlight(len(prompts), program.bucket, n, program.num_blocks, emit)
+        live = _InFlight(len(prompts), program.bucket, n, program.num_blocks, emit, keep_going)
         with self._lock:  # one batch at a time: the host callback reports to it
             self._in_flight = live
             try:
                 out = generate(self._watched, ids, mask, config=program.config, key=seeds)
                 seqs = np.asarray(out.sequences)
+            except Exception:
+                if live.dropped:  # the host callback ended the program
+                    raise BatchDropped("the batch was dropped between blocks") from None
+                raise
             finally:
                 self._in_flight = None
         live.finish(seqs)

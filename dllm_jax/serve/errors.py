@@ -26,6 +26,24 @@ class RequestError(ConfigError):
         self.code = code
 
 
+class ModelNotFound(RequestError):
+    """The request names a model this server does not serve (HTTP 404, as OpenAI answers)."""
+
+    status = 404
+
+    def __init__(self, message: str):
+        super().__init__(message, "model", "model_not_found")
+
+
+class BodyTooLarge(RequestError):
+    """The request body is over the server's limit (HTTP 413), refused before it is parsed."""
+
+    status = 413
+
+    def __init__(self, message: str):
+        super().__init__(message, None, "request_too_large")
+
+
 class Unavailable(Exception):
     """The server cannot answer this request now; ``status``, ``kind`` and ``code`` say why."""
 
@@ -51,6 +69,11 @@ class EngineFailure(Unavailable):
     status = 500
     kind = "server_error"
     code = "engine_error"
+
+
+class BatchDropped(Exception):
+    """A running batch was abandoned between blocks: every client left (timed out or
+    disconnected) or the server is shutting down."""
 
 
 def error_body(message: str, kind: str, param: str | None = None, code: str | None = None

@@ -12,13 +12,16 @@ The worker takes the oldest live job, waits up to ``batch_wait_s`` for more of i
 decodes up to ``engine.max_batch`` of them together. A job's slot (its place in the bound
 ``max_queue``) is freed as soon as its client is done with it (answered, timed out or
 disconnected); a cancelled job still queued is dropped, one already decoding stays in its batch
-as a filler row until the batch ends.
+as a filler row, and a batch whose jobs are all cancelled is dropped at the start of its next
+block (the engine asks ``keep_going`` there), so the worker goes on to the next batch.
+:meth:`Scheduler.close` drops the running batch the same way and fails what is queued.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 import random
 import threading
 import time
@@ -28,7 +31,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from dllm_jax.serve.engine import Engine, Program
-from dllm_jax.serve.errors import EngineFailure, QueueFull, Unavailable
+from dllm_jax.serve.errors import BatchDropped, EngineFailure, QueueFull, Unavailable
+
+log = logging.getLogger("dllm_jax.serve")
 
 
 class BlockEvent(NamedTuple):
@@ -89,19 +94,26 @@ class Scheduler:
         self._live: set[Job] = set()
         self._cond = threading.Condition()
         self._closing = False
+        self.dropped = 0  # batches dropped between blocks
         self._rng = random.SystemRandom()
         self._worker = threading.Thread(target=self._loop, name="dllm-jax-serve", daemon=True)
 
     def start(self) -> None:
         self._worker.start()
 
-    def close(self, timeout: float | None = None) -> None:
-        """Stops admitting jobs, decodes what is queued, and joins the worker."""
+    def close(self, timeout: float | None = None) -> bool:
+        """Stops admitting jobs, fails the queued ones (``Unavailable``), drops the running
+        batch at its next block, and waits up to ``timeout`` for the worker; returns whether
+        it stopped (a batch still compiling, or in one long block, can outlast the wait)."""
         with self._cond:
             self._closing = True
+            queued, self._queue = list(self._queue), collections.deque()
             self._cond.notify_all()
+        for job in queued:
+            job.deliver(FailedEvent(Unavailable("the server is shutting down")))
         if self._worker.is_alive():
             self._worker.join(timeout)
+        return not self._worker.is_alive()
 
     def submit(self, job: Job) -> None:
         """Queues a job (raises ``QueueFull`` or ``Unavailable`` when shutting down)."""
@@ -125,7 +137,7 @@ class Scheduler:
         with self._cond:
             return {"queued": sum(not j.cancelled.is_set() for j in self._queue),
                     "active": len(self._live), "batches": self.engine.batches,
-                    "rows": self.engine.rows}
+                    "rows": self.engine.rows, "dropped": self.dropped}
 
     # ---------------------------------------------------------------- the worker
     def _loop(self) -> None:
@@ -169,8 +181,18 @@ class Scheduler:
                 if not job.cancelled.is_set():
                     job.deliver(BlockEvent(k, [int(t) for t in row]))
 
+        def keep_going() -> bool:  # asked at every block start
+            return not self._closing and not all(j.cancelled.is_set() for j in batch)
+
         try:
-            self.engine.run([j.prompt for j in batch], head.program, seeds, emit)
+            self.engine.run([j.prompt for j in batch], head.program, seeds, emit, keep_going)
+        except BatchDropped:
+            self.dropped += 1
+            log.info("dropped a batch of %d between blocks (%s)", len(batch),
+                     "shutting down" if self._closing else "every client left")
+            for job in batch:
+                job.deliver(FailedEvent(Unavailable("the server is shutting down")))
+            return
         except Exception as e:  # the worker must outlive a failed batch
             first = (str(e).strip().splitlines() or [""])[0]
             failure = FailedEvent(EngineFailure(f"generation failed: {type(e).__name__}: {first}"))
