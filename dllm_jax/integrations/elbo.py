@@ -1,0 +1,163 @@
+"""LLaDA's Monte-Carlo likelihood estimate and greedy check, compiled, on padded rows.
+
+Both follow LLaDA's lm-evaluation-harness adapter (``eval_llada.py``: ``get_loglikelihood``
+and ``suffix_greedy_prediction``), see docs/eval.md, "The estimator". A request is one row
+laid out in two regions of static widths, so every request of a shape bucket runs the same
+program:
+
+    columns [0, C)       the context, left-padded (its last token at column C - 1)
+    columns [C, C + W)   the continuation, right-padded (its A tokens first)
+
+with an attention mask of 1 on the real tokens; positions come from the mask, so padding
+changes neither the context's positions nor what the continuation sees. Only the
+continuation region's logits are computed (``window=(C, W)``). The logits are aligned (a Dream
+model's shift is applied inside the model), so the same code serves both families.
+
+Shapes: N rows, L = C + W columns, W continuation width, V vocabulary, b copies per round.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dllm_jax.objectives.losses import token_logprobs
+
+# Widths a region is padded to: powers of two and the midpoints between them (at most half of
+# a region is padding), so a long evaluation compiles a few programs, not one per length.
+_LADDER = tuple(sorted({8, 12} | {w for k in range(4, 16) for w in (2**k, 3 * 2**(k - 1))}))
+
+
+def bucket(n: int) -> int:
+    """The smallest width of the ladder (8, 12, 16, 24, 32, 48, ...) that holds ``n``."""
+    for w in _LADDER:
+        if n <= w:
+            return w
+    raise ValueError(f"a region of {n} tokens is longer than the largest bucket {_LADDER[-1]}")
+
+
+def pack_rows(pairs: Sequence[tuple[Sequence[int], Sequence[int]]], ctx_width: int,
+              cont_width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(context, continuation)`` id lists -> ``tokens [N, L]``, ``amask [N, L]`` (int32 0/1)
+    and the continuation lengths ``[N]`` in the layout of the module docstring."""
+    n, width = len(pairs), ctx_width + cont_width
+    tokens = np.full((n, width), pad_id, np.int32)
+    amask = np.zeros((n, width), np.int32)
+    lengths = np.zeros((n,), np.int32)
+    for i, (ctx, cont) in enumerate(pairs):
+        if not 1 <= len(ctx) <= ctx_width or not 1 <= len(cont) <= cont_width:
+            raise ValueError(f"row {i}: context {len(ctx)} / continuation {len(cont)} tokens do "
+                             f"not fit widths {ctx_width} / {cont_width}")
+        tokens[i, ctx_width - len(ctx):ctx_width] = ctx
+        tokens[i, ctx_width:ctx_width + len(cont)] = cont
+        amask[i, ctx_width - len(ctx):ctx_width + len(cont)] = 1
+        lengths[i] = len(cont)
+    return tokens, amask, lengths
+
+
+def stratified_counts(key: jax.Array, copies: int, target_len: jax.Array) -> jax.Array:
+    """LLaDA's mask counts for one round: one ``k ~ U{1..A}``, copy i masks
+    ``round(k + i A / copies)`` tokens wrapped into ``1..A`` (``int32 [copies]``; ``A`` may
+    be traced)."""
+    a = target_len.astype(jnp.int32)
+    k = jax.random.randint(key, (), 1, a + 1)
+    x = jnp.round(k + jnp.arange(copies, dtype=jnp.float32) * (a.astype(jnp.float32) / copies))
+    return (x.astype(jnp.int32) - 1) % a + 1
+
+
+def random_masks(key: jax.Array, counts_b: jax.Array, target_len: jax.Array, width: int
+                 ) -> jax.Array:
+    """``[b, width]`` bool: in each row exactly ``counts_b[i]`` of the first ``target_len``
+    columns, chosen uniformly at random with a fresh permutation per row; never a padding
+    column."""
+    b = counts_b.shape[0]
+    inside = jnp.arange(width) < target_len
+    u = jnp.where(inside, jax.random.uniform(key, (b, width)), 2.0)  # padding ranks last
+    ranks = jnp.argsort(jnp.argsort(u, axis=-1), axis=-1)
+    return ranks < counts_b[:, None]
+
+
+def _guided_logits(model, inp_NL: jax.Array, amask_NL: jax.Array, ctx_width: int,
+                   cfg_scale: float, mask_id: int) -> jax.Array:
+    """Float32 continuation-region logits ``[N, W, V]``; with ``cfg_scale > 0`` LLaDA's
+    unsupervised guidance ``un + (cfg + 1) (cond - un)``, the unconditional rows having the
+    whole context masked, both halves in one forward."""
+    width = inp_NL.shape[1] - ctx_width
+    if cfg_scale > 0:
+        un = inp_NL.at[:, :ctx_width].set(mask_id)
+        both = model(jnp.concatenate([inp_NL, un]), jnp.concatenate([amask_NL, amask_NL]),
+                     window=(ctx_width, width)).astype(jnp.float32)
+        cond, uncond = jnp.split(both, 2)
+        return uncond + (cfg_scale + 1.0) * (cond - uncond)
+    return model(inp_NL, amask_NL, window=(ctx_width, width)).astype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "copies", "rounds", "ctx_width",
+                                             "cfg_scale", "mask_id"))
+def mc_round_losses(graphdef: nnx.GraphDef, state: nnx.State, tokens_L: jax.Array,
+                    amask_L: jax.Array, target_len: jax.Array, key: jax.Array, *, copies: int,
+                    rounds: int, ctx_width: int, cfg_scale: float, mask_id: int) -> jax.Array:
+    """One request's Monte-Carlo rounds: ``float32 [rounds]`` losses, each LLaDA's
+    ``sum over copies and masked tokens of CE / (x_i / A)``, divided by ``copies``.
+
+    Round r draws from ``split(key, rounds)[r]``; each copy masks a fresh random subset of
+    the continuation (:func:`stratified_counts`, :func:`random_masks`); the context is never
+    masked. ``log p(continuation | context)`` is estimated by ``-mean(losses)``.
+    """
+    model = nnx.merge(graphdef, state)
+    width = tokens_L.shape[0] - ctx_width
+    cont_W = tokens_L[ctx_width:]
+
+    def one_round(round_key):
+        kc, kp = jax.random.split(round_key)
+        counts_b = stratified_counts(kc, copies, target_len)
+        masked_bW = random_masks(kp, counts_b, target_len, width)
+        inp = jnp.broadcast_to(tokens_L, (copies,) + tokens_L.shape)
+        inp = inp.at[:, ctx_width:].set(jnp.where(masked_bW, mask_id, cont_W))
+        amask = jnp.broadcast_to(amask_L, inp.shape)
+        logits = _guided_logits(model, inp, amask, ctx_width, cfg_scale, mask_id)
+        logp_bW = token_logprobs(logits, jnp.broadcast_to(cont_W, masked_bW.shape))
+        ratio_b = counts_b.astype(jnp.float32) / target_len.astype(jnp.float32)
+        loss_b = -jnp.where(masked_bW, logp_bW, 0.0).sum(-1) / ratio_b
+        return loss_b.sum() / copies
+
+    return jax.lax.map(one_round, jax.random.split(key, rounds))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "ctx_width", "cfg_scale", "mask_id"))
+def greedy_matches(graphdef: nnx.GraphDef, state: nnx.State, tokens_NL: jax.Array,
+                   amask_NL: jax.Array, target_len_N: jax.Array, *, ctx_width: int,
+                   cfg_scale: float, mask_id: int) -> jax.Array:
+    """LLaDA's ``suffix_greedy_prediction`` for each row: ``bool [N]``.
+
+    From a fully masked continuation, ``A`` forward passes each commit one token: at the
+    masked position whose argmax (over the whole vocabulary, MASK included, as the original)
+    has the highest softmax probability, that argmax. True when the result is the
+    continuation. Ties go to the leftmost position.
+    """
+    model = nnx.merge(graphdef, state)
+    width = tokens_NL.shape[1] - ctx_width
+    inside_NW = jnp.arange(width) < target_len_N[:, None]
+    target_NW = tokens_NL[:, ctx_width:]
+    canvas0 = tokens_NL.at[:, ctx_width:].set(jnp.where(inside_NW, mask_id, target_NW))
+
+    def step(s, canvas):
+        cont = canvas[:, ctx_width:]
+        masked = (cont == mask_id) & inside_NW
+        logits = _guided_logits(model, canvas, amask_NL, ctx_width, cfg_scale, mask_id)
+        x0 = jnp.argmax(logits, axis=-1).astype(cont.dtype)
+        probs = jax.nn.softmax(logits, axis=-1)
+        conf = jnp.take_along_axis(probs, x0[..., None].astype(jnp.int32), axis=-1)[..., 0]
+        best = jnp.argmax(jnp.where(masked, conf, -1.0), axis=-1)
+        active = (s < target_len_N)[:, None]
+        commit = (jnp.arange(width) == best[:, None]) & masked & active
+        return canvas.at[:, ctx_width:].set(jnp.where(commit, x0, cont))
+
+    steps = jnp.max(target_len_N)
+    final = jax.lax.fori_loop(0, steps, step, canvas0)
+    return jnp.all((final[:, ctx_width:] == target_NW) | ~inside_NW, axis=-1)
