@@ -78,7 +78,8 @@ def encode_pair(codec: Codec, context: str, continuation: str) -> tuple[list[int
 
 
 def cut_at_stops(text: str, until: Sequence[str]) -> str:
-    """``text`` before the first occurrence of any stop string."""
+    """``text`` cut before each stop string in turn, as LLaDA's adapter loops: the text before
+    the earliest occurrence of any of them, unless two stop strings overlap across a cut."""
     for stop in until:
         if stop and stop in text:
             text = text.split(stop)[0]
