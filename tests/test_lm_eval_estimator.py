@@ -1,4 +1,5 @@
-"""The lm-eval adapter's likelihood estimate and greedy check (``integrations/elbo.py``).
+"""The lm-eval adapter's likelihood estimate and greedy check (``integrations/elbo.py``, run
+through ``integrations/runner.py`` as the adapter runs them).
 
 The estimate is checked against the exact expectation it targets, by enumerating every mask
 subset; the greedy check against a loop written from LLaDA's ``eval_llada.py``
@@ -9,16 +10,16 @@ from __future__ import annotations
 
 import itertools
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from dllm_jax.integrations import elbo
+from dllm_jax.integrations.model_args import ModelArgs
+from dllm_jax.integrations.runner import Runner
+from dllm_jax.sampling import LLaDAConfig
 
 MASK = 63  # helpers.TINY_MASK_ID
-CTX_W = CONT_W = 8
 
 
 def _logits(model, rows: np.ndarray, prompt_len: int, cfg: float) -> np.ndarray:
@@ -65,8 +66,10 @@ def _exact_round_loss(model, ctx: list[int], cont: list[int], copies: int, cfg: 
     return total / a
 
 
-def _rows(pairs):
-    return elbo.pack_rows(pairs, CTX_W, CONT_W, pad_id=1)
+def _runner(model, cfg: float, batch_size: int, mc_num: int) -> Runner:
+    args = ModelArgs(pretrained=".", sampler=LLaDAConfig(), batch_size=batch_size,
+                     mc_num=mc_num, seed=7, cfg_scale=cfg)
+    return Runner(model, None, args, progress=False)
 
 
 CASES = [("sharp_llada", 1, 0.0), ("sharp_llada", 2, 0.0), ("sharp_llada", 3, 0.0),
@@ -81,12 +84,7 @@ def test_estimate_matches_exact_enumeration(request, fixture, a, cfg):
     cont = rng.integers(2, MASK, size=a).tolist()
     copies, rounds = 4, 1024
     exact = _exact_round_loss(model, ctx, cont, copies, cfg)
-    tokens, amask, lengths = _rows([(ctx, cont)])
-    graphdef, state = nnx.split(model)
-    losses = np.asarray(elbo.mc_round_losses(
-        graphdef, state, jnp.asarray(tokens[0]), jnp.asarray(amask[0]), jnp.asarray(lengths[0]),
-        jax.random.PRNGKey(7), copies=copies, rounds=rounds, ctx_width=CTX_W, cfg_scale=cfg,
-        mask_id=MASK), np.float64)
+    (losses,) = _runner(model, cfg, copies, copies * rounds).round_losses([(ctx, cont)])
     mean, se = losses.mean(), losses.std(ddof=1) / np.sqrt(rounds)
     if a == 1:  # one token: every round masks it alone, the estimate is exact
         assert se < 1e-6 and abs(mean - exact) <= 1e-4 * abs(exact), (mean, exact)
@@ -129,12 +127,8 @@ def test_greedy_check_matches_llada_loop(request, fixture, cfg):
             pairs.append((prefix, target.tolist()))
             want.append(bool(np.all(target == greedy)))
     assert any(want) and not all(want)
-    tokens, amask, lengths = _rows(pairs)
-    graphdef, state = nnx.split(model)
-    got = elbo.greedy_matches(graphdef, state, jnp.asarray(tokens), jnp.asarray(amask),
-                              jnp.asarray(lengths), ctx_width=CTX_W, cfg_scale=cfg,
-                              mask_id=MASK)
-    assert np.asarray(got).tolist() == want
+    got = _runner(model, cfg, batch_size=4, mc_num=4).greedy(pairs)
+    assert got == want
 
 
 def test_buckets_and_packing():

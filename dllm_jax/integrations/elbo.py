@@ -13,6 +13,12 @@ changes neither the context's positions nor what the continuation sees. Only the
 continuation region's logits are computed (``window=(C, W)``). The logits are aligned (a Dream
 model's shift is applied inside the model), so the same code serves both families.
 
+Likelihoods run in two compiled steps so identical inputs are computed once: ``mc_masks``
+draws a request's masks, the caller keeps the distinct ones (a continuation of A tokens has
+at most ``2^A - 1`` masks, so short ones repeat many times among ``mc_num`` copies), and
+``masked_nll`` scores rows of one bucket, from any requests, ``batch_size`` at a time. The
+estimate is the same function of the same draws as scoring every copy.
+
 Shapes: N rows, L = C + W columns, W continuation width, V vocabulary, b copies per round.
 """
 
@@ -97,36 +103,34 @@ def _guided_logits(model, inp_NL: jax.Array, amask_NL: jax.Array, ctx_width: int
     return model(inp_NL, amask_NL, window=(ctx_width, width)).astype(jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "copies", "rounds", "ctx_width",
-                                             "cfg_scale", "mask_id"))
-def mc_round_losses(graphdef: nnx.GraphDef, state: nnx.State, tokens_L: jax.Array,
-                    amask_L: jax.Array, target_len: jax.Array, key: jax.Array, *, copies: int,
-                    rounds: int, ctx_width: int, cfg_scale: float, mask_id: int) -> jax.Array:
-    """One request's Monte-Carlo rounds: ``float32 [rounds]`` losses, each LLaDA's
-    ``sum over copies and masked tokens of CE / (x_i / A)``, divided by ``copies``.
-
-    Round r draws from ``split(key, rounds)[r]``; each copy masks a fresh random subset of
-    the continuation (:func:`stratified_counts`, :func:`random_masks`); the context is never
-    masked. ``log p(continuation | context)`` is estimated by ``-mean(losses)``.
-    """
-    model = nnx.merge(graphdef, state)
-    width = tokens_L.shape[0] - ctx_width
-    cont_W = tokens_L[ctx_width:]
+@functools.partial(jax.jit, static_argnames=("copies", "rounds", "width"))
+def mc_masks(key: jax.Array, target_len: jax.Array, *, copies: int, rounds: int, width: int
+             ) -> tuple[jax.Array, jax.Array]:
+    """One request's Monte-Carlo masks: ``(masked bool [rounds, copies, width], counts int32
+    [rounds, copies])``. Round r draws from ``split(key, rounds)[r]``: its counts from one
+    uniform draw (:func:`stratified_counts`), each copy a fresh random subset of the
+    continuation of its count (:func:`random_masks`); the context is never masked."""
 
     def one_round(round_key):
         kc, kp = jax.random.split(round_key)
         counts_b = stratified_counts(kc, copies, target_len)
-        masked_bW = random_masks(kp, counts_b, target_len, width)
-        inp = jnp.broadcast_to(tokens_L, (copies,) + tokens_L.shape)
-        inp = inp.at[:, ctx_width:].set(jnp.where(masked_bW, mask_id, cont_W))
-        amask = jnp.broadcast_to(amask_L, inp.shape)
-        logits = _guided_logits(model, inp, amask, ctx_width, cfg_scale, mask_id)
-        logp_bW = token_logprobs(logits, jnp.broadcast_to(cont_W, masked_bW.shape))
-        ratio_b = counts_b.astype(jnp.float32) / target_len.astype(jnp.float32)
-        loss_b = -jnp.where(masked_bW, logp_bW, 0.0).sum(-1) / ratio_b
-        return loss_b.sum() / copies
+        return random_masks(kp, counts_b, target_len, width), counts_b
 
-    return jax.lax.map(one_round, jax.random.split(key, rounds))
+    return jax.vmap(one_round)(jax.random.split(key, rounds))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "ctx_width", "cfg_scale", "mask_id"))
+def masked_nll(graphdef: nnx.GraphDef, state: nnx.State, tokens_NL: jax.Array,
+               amask_NL: jax.Array, masked_NW: jax.Array, *, ctx_width: int, cfg_scale: float,
+               mask_id: int) -> jax.Array:
+    """``float32 [N]``: each row's summed cross-entropy of its continuation tokens where
+    ``masked_NW`` replaces them by MASK, predicted from that input (one forward of N rows, 2N
+    with guidance). The rows may belong to different requests of one bucket."""
+    model = nnx.merge(graphdef, state)
+    cont_NW = tokens_NL[:, ctx_width:]
+    inp = tokens_NL.at[:, ctx_width:].set(jnp.where(masked_NW, mask_id, cont_NW))
+    logits = _guided_logits(model, inp, amask_NL, ctx_width, cfg_scale, mask_id)
+    return -jnp.where(masked_NW, token_logprobs(logits, cont_NW), 0.0).sum(-1)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "ctx_width", "cfg_scale", "mask_id"))

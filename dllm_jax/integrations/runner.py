@@ -91,25 +91,54 @@ class Runner:
         an empty continuation scores ``(0.0, True)``. ``is_greedy`` is False unless the
         greedy check runs (``check_greedy``, default the ``is_check_greedy`` model_arg)."""
         pairs = self._pairs(pairs)
+        losses = self.round_losses(pairs)
+        out = [(0.0 if r is None else -float(r.mean()), r is None) for r in losses]
+        if self.args.is_check_greedy if check_greedy is None else check_greedy:
+            greedy = self.greedy(pairs)
+            out = [(ll, g) for (ll, _), g in zip(out, greedy, strict=True)]
+        return out
+
+    def round_losses(self, pairs: Sequence[tuple[list[int], list[int]]]
+                     ) -> list[np.ndarray | None]:
+        """Each request's Monte-Carlo round losses, float64 ``[mc_num / batch_size]`` (LLaDA's
+        per-round ``loss.sum() / batch_size``; the estimate is minus their mean); None for an
+        empty continuation. Each distinct masked input of a request is scored once."""
+        b, rounds = self.args.batch_size, self.args.mc_num // self.args.batch_size
         keys = request_keys(self.args.seed, [c + [-1] + t for c, t in pairs])
-        a = self.args
-        out: list[tuple[float, bool]] = [(0.0, True)] * len(pairs)
-        for i in tqdm(range(len(pairs)), desc="loglikelihood", disable=not self.progress):
-            ctx, cont = pairs[i]
+        draws: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        rows: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
+        for i, (ctx, cont) in enumerate(pairs):
             if not cont:
                 continue
-            c_w, t_w = elbo.bucket(len(ctx)), elbo.bucket(len(cont))
-            tokens, amask, lengths = elbo.pack_rows([(ctx, cont)], c_w, t_w, self.pad_id)
-            losses = elbo.mc_round_losses(
-                self._graphdef, self._state, jnp.asarray(tokens[0]), jnp.asarray(amask[0]),
-                jnp.asarray(lengths[0]), jnp.asarray(keys[i]), copies=a.batch_size,
-                rounds=a.mc_num // a.batch_size, ctx_width=c_w, cfg_scale=a.cfg_scale,
-                mask_id=self.mask_id)
-            out[i] = (-float(np.mean(np.asarray(losses, np.float64))), False)
-        if a.is_check_greedy if check_greedy is None else check_greedy:
-            greedy = self.greedy(pairs)
-            out = [(ll, bool(g) if pairs[i][1] else True)
-                   for i, ((ll, _), g) in enumerate(zip(out, greedy, strict=True))]
+            shape = (elbo.bucket(len(ctx)), elbo.bucket(len(cont)))
+            masks, counts = elbo.mc_masks(jnp.asarray(keys[i]), jnp.int32(len(cont)), copies=b,
+                                          rounds=rounds, width=shape[1])
+            unique, inverse = np.unique(np.asarray(masks).reshape(rounds * b, shape[1]),
+                                        axis=0, return_inverse=True)
+            draws[i] = (unique, inverse.reshape(-1), np.asarray(counts).reshape(-1))
+            rows[shape] += [(i, j) for j in range(len(unique))]
+        nll = {i: np.zeros(len(d[0])) for i, d in draws.items()}
+        bar = tqdm(total=sum(map(len, rows.values())), desc="loglikelihood (masked inputs)",
+                   disable=not self.progress)
+        for (c_w, t_w), todo in rows.items():
+            for lo in range(0, len(todo), b):
+                chunk = todo[lo:lo + b]
+                full = chunk + [chunk[0]] * (b - len(chunk))
+                tokens, amask, _ = elbo.pack_rows([pairs[i] for i, _ in full], c_w, t_w,
+                                                  self.pad_id)
+                masked = np.stack([draws[i][0][j] for i, j in full])
+                got = np.asarray(elbo.masked_nll(
+                    self._graphdef, self._state, jnp.asarray(tokens), jnp.asarray(amask),
+                    jnp.asarray(masked), ctx_width=c_w, cfg_scale=self.args.cfg_scale,
+                    mask_id=self.mask_id), np.float64)
+                for (i, j), v in zip(chunk, got, strict=False):
+                    nll[i][j] = v
+                bar.update(len(chunk))
+        bar.close()
+        out: list[np.ndarray | None] = [None] * len(pairs)
+        for i, (unique, inverse, counts) in draws.items():
+            ratio = counts / len(pairs[i][1])
+            out[i] = (nll[i][inverse] / ratio).reshape(rounds, b).sum(1) / b
         return out
 
     def greedy(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[bool]:
