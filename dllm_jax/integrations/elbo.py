@@ -34,13 +34,16 @@ from flax import nnx
 
 from dllm_jax.objectives.losses import token_logprobs
 
-# Widths a region is padded to: powers of two and the midpoints between them (at most half of
-# a region is padding), so a long evaluation compiles a few programs, not one per length.
-_LADDER = tuple(sorted({8, 12} | {w for k in range(4, 16) for w in (2**k, 3 * 2**(k - 1))}))
+# Widths a region is padded to: multiples of 8 up to 64, of 16 up to 128, then powers of two
+# and the midpoints between them (at most a third of a long region is padding), so a long
+# evaluation compiles a few dozen programs, not one per length.
+_LADDER = tuple(sorted(set(range(8, 65, 8)) | set(range(80, 129, 16))
+                       | {w for k in range(8, 16) for w in (2**k, 3 * 2**(k - 2))}))
 
 
 def bucket(n: int) -> int:
-    """The smallest width of the ladder (8, 12, 16, 24, 32, 48, ...) that holds ``n``."""
+    """The smallest width of the ladder (8, 16, ..., 64, 80, ..., 128, 192, 256, 384, ...)
+    that holds ``n``."""
     for w in _LADDER:
         if n <= w:
             return w
