@@ -136,7 +136,7 @@ class Runner:
                 bar.update(len(chunk))
         bar.close()
         out: list[np.ndarray | None] = [None] * len(pairs)
-        for i, (unique, inverse, counts) in draws.items():
+        for i, (_, inverse, counts) in draws.items():
             ratio = counts / len(pairs[i][1])
             out[i] = (nll[i][inverse] / ratio).reshape(rounds, b).sum(1) / b
         return out
