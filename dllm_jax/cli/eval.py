@@ -1,8 +1,9 @@
 """``dllm-jax eval`` (generate and score) and ``dllm-jax eval score`` (score a predictions file).
 
-``eval`` takes the run flags itself and has one optional sub-command, ``score``, so both
-``dllm-jax eval --model DIR --tasks gsm8k ...`` and ``dllm-jax eval score --task gsm8k ...``
-parse as written.
+``eval`` takes the run flags itself and has optional sub-commands, ``score`` and ``lm-eval``,
+so ``dllm-jax eval --model DIR --tasks gsm8k ...``, ``dllm-jax eval score --task gsm8k ...``
+and ``dllm-jax eval lm-eval --model dllm_jax --model_args pretrained=DIR --tasks ...`` (every
+flag is lm-eval's own, see docs/eval.md) parse as written.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dllm_jax.cli.generate import add_sampler_arguments, sampler_config_from_arg
 from dllm_jax.errors import ConfigError
 from dllm_jax.eval import harness
 from dllm_jax.eval.sandbox import SandboxConfig
+from dllm_jax.integrations import LM_EVAL_HINT, lm_eval_missing
 from dllm_jax.tasks import TASKS, get_task, parse_task_list
 
 _BENCHMARKS = [name for name, task in TASKS.items() if task.data is not None]
@@ -46,7 +48,7 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     add_sampler_arguments(p)
     p.set_defaults(func=_run)
 
-    sub = p.add_subparsers(dest="eval_command", metavar="{score}",
+    sub = p.add_subparsers(dest="eval_command", metavar="{score,lm-eval}",
                            help="optional: score a predictions file instead of running a model")
     s = sub.add_parser("score", help="score a predictions JSONL file (no model)")
     s.add_argument("--task", required=True, help="task name, e.g. gsm8k")
@@ -65,6 +67,20 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="run model-written code WITHOUT OS isolation when bubblewrap (bwrap) is "
                         "unavailable: resource limits only, no namespaces (see docs/safety.md)")
     s.set_defaults(func=_score)
+    # lm-eval parses its own flags: this parser knows no options ("\0" prefixes none), so
+    # everything after `lm-eval`, --help included, reaches lm-eval's command line as written.
+    e = sub.add_parser("lm-eval", prefix_chars="\0", add_help=False,
+                       help="run lm-evaluation-harness tasks (its own flags; --model dllm_jax)")
+    e.add_argument("lm_eval_args", nargs=argparse.REMAINDER)
+    e.set_defaults(func=_lm_eval)
+
+
+def _lm_eval(args: argparse.Namespace) -> int:
+    if lm_eval_missing():
+        raise ConfigError(LM_EVAL_HINT)
+    from dllm_jax.integrations.lm_eval import main as lm_eval_main
+
+    return lm_eval_main(args.lm_eval_args)
 
 
 def _sandbox_config(args: argparse.Namespace) -> SandboxConfig:

@@ -16,7 +16,8 @@ from dllm_jax.analysis.zones import confusion_zones
 from dllm_jax.data.batching import completion_until_eos
 from dllm_jax.data.tokenizer import load_tokenizer, render_prompt
 from dllm_jax.errors import ConfigError
-from dllm_jax.sampling import DreamConfig, IMHConfig, LLaDAConfig, generate
+from dllm_jax.sampling import DreamConfig, generate
+from dllm_jax.sampling.presets import PRESETS
 from dllm_jax.weights import from_pretrained
 
 
@@ -56,7 +57,7 @@ def add_sampler_arguments(p: argparse.ArgumentParser) -> None:
                         "to right (an order-free target; see docs/sampling.md, IMH)")
 
 
-_PRESETS = {"llada": LLaDAConfig, "dream": DreamConfig, "imh": IMHConfig}
+_PRESETS = PRESETS
 
 
 def _knobs(cls: type) -> set[str]:

@@ -431,3 +431,5 @@ class IMHConfig:
 
 
 SamplerConfig = LLaDAConfig | DreamConfig | IMHConfig
+# The presets by the names commands and adapters select them with (``--sampler NAME``).
+PRESETS: dict[str, type] = {"llada": LLaDAConfig, "dream": DreamConfig, "imh": IMHConfig}
