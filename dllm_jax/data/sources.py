@@ -93,11 +93,13 @@ class TaskSource:
       seed: generation seed.
       n: number of examples.
       split: ``train`` or ``test`` (the test split never shares a puzzle with any train set).
+      options: the task's spec fields (e.g. ``{"grid_split": "val"}`` for Sudoku).
     """
 
-    def __init__(self, task: str, seed: int, n: int, split: str = "train"):
+    def __init__(self, task: str, seed: int, n: int, split: str = "train",
+                 options: dict | None = None):
         self.task_name = task
-        self.task = get_puzzle(task)
+        self.task = get_puzzle(task, **(options or {}))
         self.tokenizer = CharTokenizer()
         self.examples = self.task.generate(seed, n, split=split)
         enc = encode_examples(self.tokenizer, self.examples,
@@ -108,10 +110,11 @@ class TaskSource:
         self.num_prompts = len(self.examples)
 
     @classmethod
-    def validation(cls, task: str, seed: int, n: int) -> TaskSource:
+    def validation(cls, task: str, seed: int, n: int, options: dict | None = None
+                   ) -> TaskSource:
         """Train-pool puzzles drawn with another seed (``seed + 1000``): a validation set that
         leaves the held-out test split unseen."""
-        return cls(task, seed + 1000, n, split="train")
+        return cls(task, seed + 1000, n, split="train", options=options)
 
     def sft_batch_fn(self, batch_size: int, seed: int) -> BatchFn:
         tokens = np.concatenate([self.prompt_BP, self.answer_BA], 1).astype(np.int32)

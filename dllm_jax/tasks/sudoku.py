@@ -75,6 +75,22 @@ def count_solutions(puzzle: str | list[int], limit: int = 2) -> int:
     return len(solve_all(cells, limit))
 
 
+GRID_SPLITS = {"sft": 0.4, "rl": 0.3, "val": 0.15, "test": 0.15}  # shares of the 288 grids
+
+
+@functools.cache
+def grid_split_indices(name: str) -> np.ndarray:
+    """Indices into :func:`all_grids` of the solution grids of part ``name`` of the fixed
+    grid-level split (:data:`GRID_SPLITS`: 115 / 87 / 43 / 43 grids from one fixed
+    permutation), so every puzzle of a grid lies in one part."""
+    if name not in GRID_SPLITS:
+        raise ValueError(f"sudoku.grid_split must be one of {sorted(GRID_SPLITS)}, got {name!r}")
+    perm = np.random.default_rng(0x5D0C).permutation(len(all_grids()))
+    bounds = np.round(np.cumsum([0.0, *GRID_SPLITS.values()]) * len(perm)).astype(int)
+    i = list(GRID_SPLITS).index(name)
+    return np.sort(perm[bounds[i]:bounds[i + 1]])
+
+
 @functools.cache
 def all_grids() -> np.ndarray:
     """Every valid 4x4 grid (288 of them), ``[288, 16]`` int8, by backtracking from empty."""
@@ -98,6 +114,10 @@ class Sudoku(Puzzle):
       min_blanks / max_blanks: range of empty cells per puzzle, drawn uniformly (1..12; a 4x4
         puzzle needs at least 4 clues; greedy removal always reaches 10 and usually 12).
       test_fraction: share of puzzles (by puzzle string) reserved for the test split.
+      grid_split: None, or a part of the grid-level split (``sft`` | ``rl`` | ``val`` |
+        ``test``, see :func:`grid_split_indices`): puzzles come only from that part's solution
+        grids, and the ``split`` argument of :meth:`generate` is not used (the parts never
+        share a grid, hence never a puzzle).
     """
 
     name: ClassVar[str] = "sudoku"
@@ -105,8 +125,11 @@ class Sudoku(Puzzle):
     min_blanks: int = 6
     max_blanks: int = 10
     test_fraction: float = 0.1
+    grid_split: str | None = None
 
     def __post_init__(self) -> None:
+        if self.grid_split is not None:
+            grid_split_indices(self.grid_split)
         for f in ("min_blanks", "max_blanks"):
             v = getattr(self, f)
             if not isinstance(v, int) or not 1 <= v <= 12:
@@ -130,9 +153,11 @@ class Sudoku(Puzzle):
 
     def _draw_puzzle(self, rng: np.random.Generator) -> tuple[str, str]:
         grids = all_grids()
+        pool = (np.arange(len(grids)) if self.grid_split is None
+                else grid_split_indices(self.grid_split))
         target = int(rng.integers(self.min_blanks, self.max_blanks + 1))
         while True:
-            grid = grids[rng.integers(len(grids))]
+            grid = grids[pool[rng.integers(len(pool))]]
             puzzle = grid.copy()
             blanks = 0
             for cell in rng.permutation(CELLS):
@@ -154,6 +179,9 @@ class Sudoku(Puzzle):
             puzzle, solution = self._draw_puzzle(rng)
             return puzzle, self.make(puzzle, solution)
 
+        if self.grid_split is not None:  # the grid part is the split: every puzzle is in it
+            return sample_examples(draw, seed=seed, n=n, split="test", test_fraction=1 - 1e-12,
+                                   name=f"{self.name} ({self.grid_split} grids)")
         return sample_examples(draw, seed=seed, n=n, split=split,
                                test_fraction=self.test_fraction, name=self.name)
 

@@ -38,6 +38,22 @@ from dllm_jax.weights.convert import from_pretrained, save_checkpoint
 StopFn = Callable[[nnx.Module, int, dict[str, float]], bool]
 
 
+def task_options(text: str) -> dict[str, Any]:
+    """``"a=1,b=x"`` -> ``{"a": 1, "b": "x"}`` (integers and floats converted)."""
+    out: dict[str, Any] = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        name, eq, value = item.partition("=")
+        if not eq or not name.strip():
+            raise ValueError(f"data.task_options item {item!r} is not name=value")
+        for conv in (int, float, str):
+            try:
+                out[name.strip()] = conv(value.strip())
+                break
+            except ValueError:
+                continue
+    return out
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelSpec:
     """``init``: an HF or dllm-jax checkpoint directory; None builds a new character-level
@@ -54,7 +70,8 @@ class ModelSpec:
 class DataSpec:
     """A built-in ``task`` (addition | sudoku | countdown) or a ``path`` (JSONL/CSV/Parquet file
     or HF dataset name) with ``prompt_field``/``answer_field``; RL on files scores with
-    ``reward`` (exact | gsm8k | math)."""
+    ``reward`` (exact | gsm8k | math). ``task_options``: the task's spec fields as
+    ``"name=value,..."`` (e.g. ``"grid_split=sft"`` for Sudoku's grid-level split)."""
 
     task: str | None = "addition"
     path: str | None = None
@@ -62,6 +79,7 @@ class DataSpec:
     prompt_field: str = "prompt"
     answer_field: str = "answer"
     reward: str = "exact"
+    task_options: str = ""
     tokenizer: str | None = None
     chat_template: bool = True
     num_train: int = 20000
@@ -71,6 +89,7 @@ class DataSpec:
     def __post_init__(self):
         if (self.task is None) == (self.path is None):
             raise ValueError("set exactly one of data.task and data.path")
+        task_options(self.task_options)  # a malformed item fails here
         if self.reward not in REWARDS:
             raise ValueError(f"data.reward must be exact, gsm8k or math, got {self.reward!r}")
 
@@ -123,7 +142,8 @@ def load_model_and_source(spec: ModelSpec, data: DataSpec, seed: int
                           ) -> tuple[nnx.Module, DataSource]:
     """The program's initial model and its data source."""
     if data.task is not None:
-        source = TaskSource(data.task, seed, data.num_train)
+        source = TaskSource(data.task, seed, data.num_train,
+                            options=task_options(data.task_options))
         if spec.init is not None:
             return from_pretrained(spec.init, dtype=spec.dtype), source
         cfg = model_config(source.tokenizer, hidden_size=spec.hidden_size,
