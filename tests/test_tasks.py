@@ -31,11 +31,13 @@ def _identity(name, ex):
         return f"{min(m['a'], m['b'])}+{max(m['a'], m['b'])}"
     if name == "sudoku":
         return m["puzzle"]
+    if name == "digitsum":
+        return m["digits"]
     return ",".join(map(str, sorted(m["numbers"]))) + f">{m['target']}"
 
 
 def test_puzzle_names():
-    assert PUZZLES == ["addition", "countdown", "sudoku"]
+    assert PUZZLES == ["addition", "countdown", "digitsum", "sudoku"]
 
 
 @pytest.mark.parametrize("name", PUZZLES)
@@ -293,8 +295,8 @@ def test_one_registry_lists_every_task():
     from dllm_jax import eval as eval_pkg
     from dllm_jax.tasks import Task, parse_task_list, registry
 
-    everything = ["addition", "aime24", "aime25", "countdown", "gsm8k", "humaneval", "math500",
-                  "mbpp", "sudoku"]
+    everything = ["addition", "aime24", "aime25", "countdown", "digitsum", "gsm8k", "humaneval",
+                  "math500", "mbpp", "sudoku"]
     assert sorted(TASKS) == everything and registry.TASKS is TASKS
     for name, task in TASKS.items():
         assert isinstance(task, Task) and task.name == name and get_task(name) is task
@@ -304,7 +306,7 @@ def test_one_registry_lists_every_task():
     assert get_puzzle("sudoku") is TASKS["sudoku"]
     assert get_puzzle("addition", digits=2).answer_length == 3
     with pytest.raises(ConfigError, match="'gsm8k' has no generated examples; built-in "
-                                          "puzzles: addition, countdown, sudoku"):
+                                          "puzzles: addition, countdown, digitsum, sudoku"):
         get_puzzle("gsm8k")
 
 
@@ -418,3 +420,29 @@ def test_worded_face_reuses_the_verifier(name):
         assert task.reward(ex.meta, ex.answer) == 0.0  # no answer block: no reward
     assert np.mean([task.verify(e, f.answer) for e, f in zip(examples, examples[1:],
                                                               strict=False)]) < 0.2
+
+
+def test_sudoku_grid_split_parts_share_no_grid():
+    """The grid-level split: four disjoint parts covering all 288 grids, each part's puzzles
+    solved only by its own grids (checked with the backtracking solver)."""
+    from dllm_jax.tasks.sudoku import all_grids, grid_split_indices, solve_all
+
+    parts = {n: set(grid_split_indices(n).tolist()) for n in ("sft", "rl", "val", "test")}
+    assert sum(len(p) for p in parts.values()) == 288
+    assert set().union(*parts.values()) == set(range(288))
+    grids = {"".join(map(str, g)): i for i, g in enumerate(all_grids())}
+    for name in ("sft", "test"):
+        task = get_puzzle("sudoku", grid_split=name)
+        for ex in task.generate(0, 40):
+            (sol,) = solve_all([int(c) for c in ex.meta["puzzle"]])
+            assert grids["".join(map(str, sol))] in parts[name]
+    with pytest.raises(ConfigError, match="grid_split must be one of"):
+        get_puzzle("sudoku", grid_split="train")
+
+
+def test_task_options_parse_and_refuse():
+    from dllm_jax.train.programs import DataSpec, task_options
+
+    assert task_options("grid_split=rl, min_blanks=4") == {"grid_split": "rl", "min_blanks": 4}
+    with pytest.raises(ValueError, match="not name=value"):
+        DataSpec(task="sudoku", task_options="grid_split")
