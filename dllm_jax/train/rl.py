@@ -403,7 +403,9 @@ def make_rl_loss(cfg: RLConfig, num_rollouts: int):
         share = batch["inputs"].shape[0] / rows_per_step
         loss, aux = spec.loss(loss_cfg, logp, batch, num_rollouts=num_rollouts * share,
                               group_size=cfg.group_size)
-        return loss, {**aux, "reward": batch["reward"].mean(),
-                      "zero_var_groups": batch["zero_var"].mean()}
+        aux = {**aux, "reward": batch["reward"].mean()}
+        if "zero_var" in batch:  # the RL program's rows carry it (not hand-made batches)
+            aux["zero_var_groups"] = batch["zero_var"].mean()
+        return loss, aux
 
     return loss_fn
