@@ -158,7 +158,39 @@ def main() -> None:
     summary = {"lr_grid": grid, "lr": lr, "sft_steps": sft["steps"],
                "sft_more_steps": more_steps, "test": res, "num_test": a.num_test}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    plot(out / "curves.png", sft, rl, more)
     log(f"summary: {summary}")
+
+
+def plot(path: Path, sft: dict, rl: dict, more: dict) -> None:
+    """Mean rollout reward per RL step (and its 10-step running mean); validation accuracy of
+    SFT, of RL after the SFT steps, and of ``sft_more``, against training steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    r = np.asarray(rl["steps"]["reward"])
+    ax1.plot(r, alpha=0.35, label="mean reward per step")
+    ax1.plot(np.convolve(r, np.ones(10) / 10, mode="valid"), label="10-step mean")
+    ax1.plot(rl["steps"]["zero_var_groups"], alpha=0.5, label="zero-variance share")
+    ax1.set(xlabel="RL step", title="RL rollouts (rl grids)")
+    ax1.legend()
+    s_steps, s_acc = zip(*[(c[0], c[1]) for c in sft["curve"]], strict=True)
+    ax2.plot(s_steps, s_acc, "o-", label="SFT (labelled set)")
+    n = s_steps[-1]
+    ax2.plot([n] + [n + c[0] for c in rl["val_curve"]],
+             [s_acc[-1]] + [c[1] for c in rl["val_curve"]], "s-", label="RL (RL steps)")
+    ax2.plot([n] + [n + c[0] for c in more["curve"]], [s_acc[-1]] + [c[1] for c in
+                                                                      more["curve"]],
+             "^-", label="sft_more (SFT steps)")
+    ax2.set(xlabel="step", ylabel="validation accuracy (val grids)", title="Validation")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
