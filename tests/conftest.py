@@ -44,7 +44,8 @@ SHARED = find_shared()
 def shared_dir() -> Path:
     """The shared files (see :func:`find_shared`); tests needing them skip when absent."""
     if SHARED is None:
-        pytest.skip("no shared/ directory: set DLLM_JAX_SHARED or put it beside the repository")
+        pytest.skip("no shared/ directory (DLLM_JAX_SHARED unset; looked in "
+                    + ", ".join(map(str, SHARED_CANDIDATES)) + ")")
     return SHARED
 
 

@@ -188,3 +188,23 @@ def test_shared_directory_discovery(tmp_path, monkeypatch):
     monkeypatch.delenv("DLLM_JAX_SHARED")
     present = [c for c in SHARED_CANDIDATES if c.is_dir()]
     assert find_shared() == (present[0] if present else None)
+
+
+def test_package_names_load_on_first_use():
+    out = _run("""
+import sys
+import dllm_jax
+before = "jax" in sys.modules
+names = {n: callable(getattr(dllm_jax, n)) for n in dllm_jax.__all__}
+print(before, "jax" in sys.modules, all(names.values()), set(names) <= set(dir(dllm_jax)))
+try:
+    dllm_jax.nope
+except AttributeError as e:
+    print(e)
+""")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["False True True True",
+                                       "module 'dllm_jax' has no attribute 'nope'"]
+    import dllm_jax
+
+    assert set(dllm_jax.__all__) == set(dllm_jax._PUBLIC)
