@@ -37,7 +37,12 @@ def find_shared() -> Path | None:
     return next((c for c in SHARED_CANDIDATES if c.is_dir()), None)
 
 
-SHARED = find_shared()
+SHARED: Path | None = None
+
+
+def pytest_configure(config):
+    global SHARED
+    SHARED = find_shared()  # a wrong DLLM_JAX_SHARED stops the run with one line
 
 
 @pytest.fixture(scope="session")
