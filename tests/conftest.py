@@ -22,23 +22,44 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+# Where the shared files (tokenizers, benchmark data) are looked for, first found wins.
+SHARED_CANDIDATES = (REPO.parent / "shared", REPO / "shared")
+
+
+def find_shared() -> Path | None:
+    """``$DLLM_JAX_SHARED`` when set (it must then be a directory), else ``shared/`` beside the
+    repository or inside it; None when there is none."""
+    env = os.environ.get("DLLM_JAX_SHARED")
+    if env:
+        if not Path(env).is_dir():
+            raise pytest.UsageError(f"DLLM_JAX_SHARED={env} is not a directory")
+        return Path(env).resolve()
+    return next((c for c in SHARED_CANDIDATES if c.is_dir()), None)
+
+
+SHARED: Path | None = None
+
+
+def pytest_configure(config):
+    global SHARED
+    SHARED = find_shared()  # a wrong DLLM_JAX_SHARED stops the run with one line
 
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
-    """``../shared`` beside the repository; tests needing it skip cleanly when absent."""
-    if not SHARED.is_dir():
-        pytest.skip("../shared is not present")
+    """The shared files (see :func:`find_shared`); tests needing them skip when absent."""
+    if SHARED is None:
+        pytest.skip("no shared/ directory (DLLM_JAX_SHARED unset; looked in "
+                    + ", ".join(map(str, SHARED_CANDIDATES)) + ")")
     return SHARED
 
 
 @pytest.fixture(scope="session")
 def data_dir(shared_dir: Path) -> Path:
-    """``../shared/data`` (the real benchmark files); skips cleanly when absent."""
+    """``shared/data`` (the real benchmark files); skips cleanly when absent."""
     d = shared_dir / "data"
     if not d.is_dir():
-        pytest.skip("../shared/data is not present")
+        pytest.skip(f"{d} is not present")
     return d
 
 

@@ -224,6 +224,65 @@ def test_generate_cli_missing_model(capsys, tmp_path):
     assert "is not a directory" in capsys.readouterr().err
 
 
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A training run's layout: ``<run>/model`` with the generation settings a run on addition
+    saves (4 tokens, one per step) and ``<run>/checkpoints/12/state``."""
+    from dllm_jax.weights import save_generation_settings
+
+    run = tmp_path_factory.mktemp("run")
+    save_checkpoint(sharpened(tiny_model("llada", seed=2)), run / "model")
+    save_generation_settings(run / "model", {"gen_length": 4, "steps": 4, "block_length": 4})
+    (run / "checkpoints" / "12" / "state").mkdir(parents=True)
+    return run
+
+
+def test_generate_and_trajectory_default_to_the_saved_generation_settings(run_dir, capsys):
+    model = str(run_dir / "model")
+    base = ["generate", "--model", model, "--prompt-ids", "3,4,5;6,7", "--json"]
+    assert main(base) == 0
+    out, err = capsys.readouterr()
+    saved = json.loads(out)["sequences"]
+    assert [len(r) for r in saved] == [3 + 4] * 2  # not the preset's 128 tokens
+    assert "dllm_jax_generation.json: --gen-length 4, --steps 4, --block-length 4" in err
+    assert main(base + ["--gen-length", "4", "--steps", "4", "--block-length", "4"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["sequences"] == saved and "dllm_jax_generation" not in err
+    # An explicit flag wins; --gen-length drops the saved steps and block length with it.
+    assert main(base + ["--steps", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert len(json.loads(out)["sequences"][0]) == 3 + 4
+    assert "--gen-length 4, --block-length 4" in err and "--steps" not in err
+    assert main(base + ["--max-new-tokens", "8", "--steps", "8", "--block-length", "8"]) == 0
+    out, err = capsys.readouterr()
+    assert len(json.loads(out)["sequences"][0]) == 3 + 8 and "dllm_jax_generation" not in err
+    assert main(["trajectory", "--model", model, "--prompt-ids", "3,4,5", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["steps"][0]["entropy"]) == 4
+
+
+def test_model_flag_on_a_run_directory_names_its_model(run_dir, capsys, tmp_path):
+    from dllm_jax.errors import ConversionError
+    from dllm_jax.weights import from_pretrained
+
+    for given, what in [(run_dir, "a training run directory"),
+                        (run_dir / "checkpoints", "inside a training run"),
+                        (run_dir / "checkpoints" / "12", "inside a training run"),
+                        (run_dir / "checkpoints" / "12" / "state", "inside a training run")]:
+        for cmd in ("generate", "trajectory"):
+            assert main([cmd, "--model", str(given), "--prompt-ids", "1", "--json"]) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert err == [f"dllm-jax: error: {given} is {what}, not a model; use "
+                           f"{run_dir / 'model'}"], err
+        with pytest.raises(ConversionError, match=f"use {run_dir / 'model'}$"):
+            from_pretrained(given)
+    unfinished = tmp_path / "unfinished"
+    (unfinished / "checkpoints" / "3").mkdir(parents=True)
+    assert main(["generate", "--model", str(unfinished / "checkpoints" / "3"),
+                 "--prompt-ids", "1"]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        f"use {unfinished / 'model'} (written when the run finishes)")
+
+
 def test_generate_cli_with_text_prompt_and_saved_tokenizer(ckpt, capsys, tmp_path):
     from dllm_jax.tasks import CharTokenizer
 

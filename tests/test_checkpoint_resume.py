@@ -169,6 +169,30 @@ def test_unfinalised_checkpoints_are_skipped(tmp_path):
     ck.close()
 
 
+def test_saving_and_resuming_log_no_warnings(tmp_path, caplog):
+    """Saving checkpoints and what a resumed run does with them (shape check, restore) log no
+    warning: orbax once warned "Metadata file does not exist" at every resume of a chunked run
+    (the demo's SFT), because the shape check read the item through a checkpointer."""
+    import logging
+
+    from dllm_jax.train.checkpoint import Checkpointer
+
+    caplog.set_level(logging.INFO)
+    ck = Checkpointer(tmp_path, keep=2)
+    for s in (2, 4):
+        ck.save(s, _small_state(s), {"step": s, "seed": 0, "data_cursor": s})
+    ck.close()
+    resumed = Checkpointer(tmp_path, keep=2)
+    assert resumed.shape_mismatches(4, _small_state(0)) == []
+    bigger = {"params": {"w": np.zeros((5, 3), np.float32)}, "step": np.int32(0)}
+    assert resumed.shape_mismatches(4, bigger) == ["w: checkpoint (4, 3) vs this run (5, 3)"]
+    state, _ = resumed.restore(4, _small_state(0))
+    resumed.close()
+    assert int(state["step"]) == 4
+    assert caplog.records, "orbax's INFO records should reach the log (else this checks nothing)"
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
 if __name__ == "__main__":
     _child(sys.argv[1], "--resume" in sys.argv[2:])
 

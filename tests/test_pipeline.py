@@ -14,8 +14,10 @@ import yaml
 
 from dllm_jax.errors import ConfigError
 from dllm_jax.objectives import LOSSES, get_loss
-from dllm_jax.train.overrides import dump_yaml, load_config
+from dllm_jax.tasks import get_puzzle
+from dllm_jax.train.overrides import dump_yaml, load_config, to_dict
 from dllm_jax.train.programs import RLProgram, SFTProgram
+from dllm_jax.weights import generation_settings
 
 TINY = ["model.hidden_size=32", "model.num_layers=2", "model.num_heads=4",
         "data.num_train=512", "train.batch_size=16", "train.log_every=1"]
@@ -275,6 +277,9 @@ def test_train_cli_sft_then_rl(tmp_path, capsys):
                  f"out={sft_out}"]) == 0
     printed = capsys.readouterr().out
     assert "steps: 4" in printed and (sft_out / "config.yaml").is_file()
+    # The saved config is a valid --config of the same command, printing the same program.
+    assert main(["train", "sft", "--config", str(sft_out / "config.yaml"), "--print-config"]) == 0
+    assert capsys.readouterr().out.strip() == printed.split("\nwrote ")[0].strip()
     assert (sft_out / "model" / "char_tokenizer.json").is_file()
     rl_out = tmp_path / "rl"
     assert main(["train", "rl", *base, "--set", "train.steps=2", "--set",
@@ -283,6 +288,10 @@ def test_train_cli_sft_then_rl(tmp_path, capsys):
                  "rl.selector=atpo", "--set", "train.batch_size=1"]) == 0
     lines = (rl_out / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2 and "reward" in json.loads(lines[-1])
+    capsys.readouterr()
+    assert main(["train", "rl", "--config", str(rl_out / "config.yaml"), "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == yaml.safe_load(
+        (rl_out / "config.yaml").read_text())
     assert main(["train", "sft", "--set", "trian.steps=1"]) == 2
     assert "unknown config key 'trian'" in capsys.readouterr().err
     again = ["train", "sft", *base, "--set", "train.steps=4", "--set", f"out={sft_out}"]
@@ -332,17 +341,28 @@ def test_every_registered_loss_trains_through_its_program(tmp_path, tiny_init, m
     assert all(np.isfinite(r["loss"]) for r in records)
     for a, b in zip(_params(out), _params(tiny_init), strict=True):
         assert not np.array_equal(a, b)
-    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())["program"]
-    assert saved[get_loss(name).program]["loss"] == name
+    # config.yaml is the resolved program itself: a valid --config for the same command.
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert saved == to_dict(prog.resolved()) and saved[get_loss(name).program]["loss"] == name
+    cls = SFTProgram if get_loss(name).program == "sft" else RLProgram
+    assert load_config(cls, tmp_path / "config.yaml").resolved() == prog.resolved()
+    # The model remembers what it was trained to generate: the addition answer, 1 token a step.
+    a = get_puzzle("addition").answer_length
+    assert generation_settings(out) == {"gen_length": a, "steps": a, "block_length": a}
 
 
 @pytest.mark.parametrize("name", ["sft_addition", "rl_atpo_addition", "rl_agdo_addition"])
-def test_shipped_configs_load(name):
+def test_shipped_configs_load(name, tmp_path):
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
-    prog = load_config(SFTProgram if name.startswith("sft") else RLProgram, path)
+    cls = SFTProgram if name.startswith("sft") else RLProgram
+    prog = load_config(cls, path)
     assert prog.data.task == "addition"
+    # What a run of it saves (the resolved program) loads back as the same program.
+    dump_yaml(prog.resolved(), tmp_path / "config.yaml")
+    assert load_config(cls, tmp_path / "config.yaml") == prog.resolved()
+    assert load_config(cls, tmp_path / "config.yaml").resolved() == prog.resolved()
 
 
 def _hand_logp(model, inputs, tokens):

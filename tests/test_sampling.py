@@ -14,6 +14,7 @@ from dllm_jax.data.batching import completion_until_eos
 from dllm_jax.errors import ConfigError
 from dllm_jax.sampling import DreamConfig, LLaDAConfig, generate
 from dllm_jax.sampling.loop import _sample
+from dllm_jax.weights import GENERATION_NAME, save_generation_settings
 
 MASK = 63
 PROMPT = np.array([[3, 17, 22, 9, 41], [12, 5, 30, 2, 8]], np.int32)
@@ -118,6 +119,22 @@ def test_cli_sampler_flags(tmp_path):
     assert (cfg.confidence_eos_eot_inf, cfg.eot_token_id, cfg.top_k) == (True, 2, 0)
     with pytest.raises(ConfigError, match="--confidence-eos-eot-inf not used by --sampler dream"):
         sampler_config_from_args(_args("--sampler", "dream", "--confidence-eos-eot-inf"))
+    # One name for the length: --gen-length, with --max-new-tokens as its alias, every sampler.
+    assert sampler_config_from_args(_args("--max-new-tokens", "8", "--steps", "8",
+                                          "--block-length", "8")).gen_length == 8
+    for flag in ("--gen-length", "--max-new-tokens"):
+        cfg = sampler_config_from_args(_args("--sampler", "dream", flag, "6", "--steps", "6"))
+        assert (cfg.max_new_tokens, cfg.steps) == (6, 6)
+    # Saved generation settings fill the unset length, steps and block (before config.json).
+    save_generation_settings(tmp_path, {"gen_length": 4, "steps": 2, "block_length": 4})
+    cfg = sampler_config_from_args(_args(), tmp_path)
+    assert (cfg.gen_length, cfg.steps, cfg.block_length) == (4, 2, 4)
+    cfg = sampler_config_from_args(_args("--sampler", "dream", "--steps", "4"), tmp_path)
+    assert (cfg.max_new_tokens, cfg.steps, cfg.block_length) == (4, 4, 4)
+    (tmp_path / GENERATION_NAME).write_text('{"gen_length": 0}')
+    with pytest.raises(ValueError, match="expected positive integers"):
+        sampler_config_from_args(_args(), tmp_path)
+    (tmp_path / GENERATION_NAME).unlink()
     # Dream: the checkpoint's config.json first, then the flags.
     (tmp_path / "config.json").write_text('{"top_k": 5, "temperature": 0.0}')
     cfg = sampler_config_from_args(_args("--sampler", "dream", "--temperature", "0.5"), tmp_path)

@@ -18,14 +18,21 @@ from dllm_jax.data.tokenizer import load_tokenizer, render_prompt
 from dllm_jax.errors import ConfigError
 from dllm_jax.sampling import DreamConfig, generate
 from dllm_jax.sampling.presets import PRESETS
-from dllm_jax.weights import from_pretrained
+from dllm_jax.weights import (
+    GENERATION_NAME,
+    check_model_dir,
+    from_pretrained,
+    generation_settings,
+)
 
 
 def add_sampler_arguments(p: argparse.ArgumentParser) -> None:
     """Adds ``--sampler`` and every sampler knob (defaults are each preset's own)."""
     g = p.add_argument_group("sampler")
     g.add_argument("--sampler", default="llada", choices=["llada", "dream", "imh"])
-    g.add_argument("--gen-length", type=int, help="llada/imh: tokens to generate")
+    g.add_argument("--gen-length", "--max-new-tokens", dest="gen_length", type=int,
+                   help="tokens to generate, every sampler (--max-new-tokens is the same flag); "
+                        "default: the checkpoint's saved generation settings, else the preset's")
     g.add_argument("--steps", type=int, help="denoising steps (all blocks together)")
     g.add_argument("--block-length", type=int, help="semi-autoregressive block size")
     g.add_argument("--temperature", type=float,
@@ -39,7 +46,6 @@ def add_sampler_arguments(p: argparse.ArgumentParser) -> None:
                    help="llada: EOS/EOT samples rank last (confidence 0), as LLaDA's flag")
     g.add_argument("--eot-token-id", type=int,
                    help="llada: EOT id for --confidence-eos-eot-inf (LLaDA-8B-Instruct: 126348)")
-    g.add_argument("--max-new-tokens", type=int, help="dream: tokens to generate")
     g.add_argument("--top-p", type=float)
     g.add_argument("--top-k", type=int,
                    help="keep the k most likely tokens; 0: no top-k filter (dream default 50, "
@@ -64,14 +70,36 @@ def _knobs(cls: type) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
 
 
+def saved_generation(model_dir: str, given: dict) -> dict:
+    """The checkpoint's saved generation settings (``dllm_jax_generation.json``) for the flags
+    not given; with ``--gen-length`` given, its saved ``steps`` and ``block_length`` (tied to
+    the saved length) are not used. Says on stderr what it took."""
+    saved = generation_settings(model_dir)
+    if "gen_length" in given:
+        saved = {}
+    taken = {k: v for k, v in saved.items() if k not in given}
+    if taken:
+        print(f"{GENERATION_NAME}: " + ", ".join(f"--{k.replace('_', '-')} {v}"
+                                                 for k, v in taken.items()), file=sys.stderr)
+    return taken
+
+
 def sampler_config_from_args(args: argparse.Namespace, model_dir: str | None = None):
     """The preset's frozen config from parsed flags; a flag the preset does not take is an
     error (one line), so a typo never silently falls back to a default. A flag belongs to the
-    presets that have a field of its name. With ``model_dir``, Dream's unset knobs take the
-    checkpoint's own values first (``DreamConfig.from_pretrained``), as the original does."""
+    presets that have a field of its name (``--gen-length`` is Dream's ``max_new_tokens``).
+    With ``model_dir`` (a model directory; a training run is refused naming its model), the
+    unset length, steps and block length take the checkpoint's saved generation settings, and
+    Dream's other unset knobs the checkpoint's own values (``DreamConfig.from_pretrained``),
+    as the original does."""
     cls = _PRESETS[args.sampler]
     all_knobs = set().union(*map(_knobs, _PRESETS.values()))
     given = {k: getattr(args, k) for k in all_knobs if getattr(args, k, None) is not None}
+    if model_dir is not None:
+        check_model_dir(model_dir)
+        given = {**saved_generation(model_dir, given), **given}
+    if cls is DreamConfig and "gen_length" in given:
+        given["max_new_tokens"] = given.pop("gen_length")
     extra = sorted(set(given) - _knobs(cls))
     if extra:
         flags = ", ".join("--" + k.replace("_", "-") for k in extra)
@@ -97,7 +125,7 @@ def _prepare(args: argparse.Namespace):
         raise ConfigError("give exactly one of --prompt and --prompt-ids")
     if not Path(args.model).is_dir():
         raise ConfigError(f"--model {args.model} is not a directory")
-    config = sampler_config_from_args(args, args.model)
+    config = sampler_config_from_args(args, args.model)  # refuses a training run directory
     tokenizer = None
     if args.prompt is not None:
         tokenizer = load_tokenizer(args.tokenizer or args.model)

@@ -79,9 +79,10 @@ class Checkpointer:
     def shape_mismatches(self, step: int, abstract_state: Any, limit: int = 3) -> list[str]:
         """``"path: checkpoint (a, b) vs this run (c, d)"`` for the parameters of
         ``abstract_state`` whose saved shape differs (or that only one side has)."""
-        with ocp.StandardCheckpointer() as reader:
-            meta = reader.metadata(self.directory / str(step) / "state")
-        saved = _param_shapes(meta.item_metadata.tree)
+        # The item's own tree metadata, through its handler: a checkpointer would also look for
+        # a step-level metadata file inside the item and warn that it is missing.
+        meta = ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "state")
+        saved = _param_shapes(meta.tree)
         want = _param_shapes(abstract_state)
         out = []
         for path in sorted(set(saved) | set(want)):

@@ -53,7 +53,7 @@ class MetricsWriter:
                 from tensorboardX import SummaryWriter
             except ImportError:
                 raise ValueError("tensorboard: true needs the tensorboardX package "
-                                 "(pip install tensorboardX)") from None
+                                 "(pip install 'dllm-jax[tensorboard]')") from None
             self.tb = SummaryWriter(str(out_dir / "tb"))
 
     def truncate_after(self, step: int) -> None:
@@ -91,7 +91,8 @@ class Trainer:
       batch_fn: ``step -> dict of arrays`` with a leading batch axis: host arrays, or arrays
         already on the devices (kept there; RL's rows).
       out_dir: run directory (``config.yaml``, ``metrics.jsonl``, ``checkpoints/``).
-      extra_config: anything else to save in ``config.yaml`` (e.g. the model/task config).
+      extra_config: anything else to save in ``config.yaml`` (e.g. the model/task config);
+        a mapping with its own ``train`` entry (a program's whole config) is saved as it is.
       progress: show a tqdm bar on a terminal (``"always"`` also when stderr is not a tty).
       mesh: a mesh, ``None`` for single-device jit, or ``"auto"`` for ``config.mesh``.
       local_batch: ``batch_fn`` returns only this process's rows (multi-process runs).
@@ -127,7 +128,10 @@ class Trainer:
                                           grad_accum=config.optim.grad_accum, mesh=self.mesh,
                                           shardings=self.shardings, params_fn=self.params_fn)
         self.base_key = jax.random.PRNGKey(config.seed)
-        self.resolved_config = {"train": to_dict(config), **(extra_config or {})}
+        extra = dict(extra_config or {})
+        # A program's whole config (it has its own ``train`` section) is saved as it is, so the
+        # file is a valid ``--config`` of the same command.
+        self.resolved_config = extra if "train" in extra else {"train": to_dict(config), **extra}
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.checkpointer = Checkpointer(self.out_dir / "checkpoints",
                                          keep=config.checkpoint.keep)

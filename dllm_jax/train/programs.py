@@ -32,6 +32,7 @@ from dllm_jax.train.config import CheckpointConfig, OptimConfig, SFTConfig, Trai
 from dllm_jax.train.loop import Trainer
 from dllm_jax.train.overrides import to_dict
 from dllm_jax.train.rl import RLConfig, RolloutBatcher, agdo_order, make_rl_loss
+from dllm_jax.weights.checkpoint import save_generation_settings
 from dllm_jax.weights.convert import from_pretrained, save_checkpoint
 
 # ``stop(model, step, metrics) -> bool``: asked after every checkpoint; True ends training.
@@ -205,13 +206,26 @@ def _run(trainer: Trainer, resume: bool, overwrite: bool, stop: StopFn | None) -
     trainer.config = cfg
 
 
-def _save_final(model: nnx.Module, source: DataSource, out: Path) -> Path:
+def _save_final(model: nnx.Module, source: DataSource, out: Path,
+                generation: dict[str, int] | None) -> Path:
+    """``<out>/model``: the checkpoint, its tokenizer and the generation settings it was
+    trained for (which ``generate``, ``trajectory``, ``eval`` and ``serve`` default to)."""
     target = out / "model"
     if target.exists():
         shutil.rmtree(target)
     save_checkpoint(model, target)
     source.save_tokenizer(target)
+    if generation:
+        save_generation_settings(target, generation)
     return target
+
+
+def _task_generation(data: DataSpec) -> dict[str, int] | None:
+    """A built-in task's answer decoded one token per step, as the demo evaluates it."""
+    if data.task is None:
+        return None
+    a = get_puzzle(data.task).answer_length
+    return {"gen_length": a, "steps": a, "block_length": a}
 
 
 # ------------------------------------------------------------------------------ programs
@@ -232,9 +246,9 @@ def run_sft(prog: SFTProgram, resume: bool = False, progress: bool = True, *,
     model, source = load_model_and_source(prog.model, prog.data, prog.train.seed)
     trainer = Trainer(prog.train, model, make_sft_loss(prog.sft, source.prompt_length),
                       source.sft_batch_fn(prog.train.batch_size, prog.train.seed), prog.out,
-                      extra_config={"program": to_dict(prog)}, progress=progress, mesh=mesh)
+                      extra_config=to_dict(prog), progress=progress, mesh=mesh)
     _run(trainer, resume, overwrite, stop)
-    return _save_final(trainer.model, source, Path(prog.out))
+    return _save_final(trainer.model, source, Path(prog.out), _task_generation(prog.data))
 
 
 def run_rl(prog: RLProgram, resume: bool = False, progress: bool = True, *,
@@ -251,11 +265,13 @@ def run_rl(prog: RLProgram, resume: bool = False, progress: bool = True, *,
     model, source = load_model_and_source(prog.model, prog.data, prog.train.seed)
     batcher = rollout_batcher(rl, source, prog.train.seed)
     trainer = Trainer(prog.train, model, make_rl_loss(rl, rl.prompts_per_step * rl.group_size),
-                      batcher, prog.out, extra_config={"program": to_dict(prog)},
+                      batcher, prog.out, extra_config=to_dict(prog),
                       progress=progress, mesh=mesh)
     batcher.attach(trainer)
     _run(trainer, resume, overwrite, stop)
-    return _save_final(trainer.model, source, Path(prog.out))
+    s = rl.sampler  # what the policy was trained to generate
+    return _save_final(trainer.model, source, Path(prog.out), {
+        "gen_length": s.gen_length, "steps": s.steps, "block_length": s.block_length})
 
 
 def rollout_batcher(rl: RLConfig, source: DataSource, seed: int) -> RolloutBatcher:

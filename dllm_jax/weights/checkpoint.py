@@ -1,5 +1,7 @@
-"""dllm-jax checkpoints: ``dllm_jax_config.json`` (the :class:`ModelConfig`) and ``params/``
-(an orbax checkpoint of the NNX parameter state).
+"""dllm-jax checkpoints: ``dllm_jax_config.json`` (the :class:`ModelConfig`), ``params/``
+(an orbax checkpoint of the NNX parameter state) and, for a model trained on a task, its
+generation settings ``dllm_jax_generation.json`` (``gen_length``, ``steps``, ``block_length``:
+what the sampler commands default to).
 
 Every writer builds its output in a temporary sibling directory and renames it into place when
 complete, so an interrupted run never leaves something that looks finished.
@@ -32,6 +34,8 @@ from dllm_jax.weights.keys import abstract_state
 
 CONFIG_NAME = "dllm_jax_config.json"
 PARAMS_DIR = "params"
+GENERATION_NAME = "dllm_jax_generation.json"
+GENERATION_KEYS = ("gen_length", "steps", "block_length")
 
 
 def _first_line(e: BaseException) -> str:
@@ -163,3 +167,65 @@ def load_checkpoint(path: str | os.PathLike[str], dtype: str | None = None,
         state = jax.tree.map(lambda x: x.astype(new), state)
     graphdef, _ = abstract_state(config)
     return nnx.merge(graphdef, state)
+
+
+def save_generation_settings(model_dir: str | os.PathLike[str], settings: dict[str, int]) -> None:
+    """Writes the generation settings a model was trained for beside its checkpoint."""
+    bad = sorted(set(settings) - set(GENERATION_KEYS))
+    if bad:
+        raise ValueError(f"unknown generation settings {bad}; known: {list(GENERATION_KEYS)}")
+    (Path(model_dir) / GENERATION_NAME).write_text(
+        json.dumps({k: int(v) for k, v in settings.items()}, indent=2))
+
+
+def generation_settings(model_dir: str | os.PathLike[str]) -> dict[str, int]:
+    """The generation settings saved with a checkpoint (``{}`` when it has none).
+
+    Raises:
+      ConversionError: the file is not JSON, has other keys or values that are not positive
+        integers.
+    """
+    path = Path(model_dir) / GENERATION_NAME
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConversionError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict) or set(data) - set(GENERATION_KEYS) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in data.values()):
+        raise ConversionError(f"{path}: expected positive integers for some of "
+                              f"{', '.join(GENERATION_KEYS)}, got {data!r}")
+    return data
+
+
+def _run_holding(path: Path) -> Path | None:
+    """The training run directory (one with ``checkpoints/``) that ``path`` is, or lies inside
+    through its ``checkpoints/`` (a checkpoint step, or an item of one)."""
+    if (path / "checkpoints").is_dir():
+        return path
+    for inner in (path, *list(path.parents)[:2]):
+        if inner.name == "checkpoints" and inner.is_dir():
+            return inner.parent
+    return None
+
+
+def check_model_dir(path: str | os.PathLike[str]) -> Path:
+    """``path`` if it can be a model directory; a training run directory or one of its
+    checkpoints (which hold the train state, not a model) is refused, naming ``<run>/model``.
+
+    Raises:
+      ConversionError: ``path`` is not a directory, or is a training run or checkpoint.
+    """
+    p = Path(path)
+    if not p.is_dir():
+        raise ConversionError(f"{p}: not a directory")
+    if is_checkpoint(p) or (p / "config.json").is_file():
+        return p
+    run = _run_holding(p.absolute())
+    if run is None:
+        return p
+    what = "a training run directory" if run == p.absolute() else "inside a training run"
+    model = run / "model" if p.is_absolute() else Path(os.path.relpath(run / "model"))
+    later = "" if is_checkpoint(run / "model") else " (written when the run finishes)"
+    raise ConversionError(f"{p} is {what}, not a model; use {model}{later}")

@@ -13,7 +13,12 @@ from jax.sharding import Mesh
 from dllm_jax.errors import ConversionError
 from dllm_jax.model import sharding as shd
 from dllm_jax.model.transformer import Transformer
-from dllm_jax.weights.checkpoint import is_checkpoint, load_checkpoint, save_checkpoint
+from dllm_jax.weights.checkpoint import (
+    check_model_dir,
+    is_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from dllm_jax.weights.hf import export_hf, load_hf
 from dllm_jax.weights.keys import abstract_state
 
@@ -22,9 +27,7 @@ def from_pretrained(path: str | os.PathLike[str], dtype: str = "float32",
                     mesh: Mesh | None = None, rules: shd.ShardingRules | None = None,
                     **config_overrides: Any) -> Transformer:
     """Loads an HF directory or a dllm-jax checkpoint (decided by the files present)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise ConversionError(f"{path}: not a directory")
+    path = check_model_dir(path)
     if is_checkpoint(path):
         model = load_checkpoint(path, dtype=dtype, mesh=mesh, rules=rules)
         if config_overrides:
