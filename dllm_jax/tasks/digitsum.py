@@ -29,6 +29,15 @@ def target_of(digits: str) -> int:
     return sum(int(c) for c in digits)
 
 
+def _target_and_answer(example: Example | Item, completion: str) -> tuple[int | None, str]:
+    """The example's target sum (None for a malformed example) and the stripped completion."""
+    try:
+        target = target_of(str(fields_of(example)["digits"]))
+    except (KeyError, TypeError, ValueError):
+        target = None
+    return target, completion.strip() if isinstance(completion, str) else ""
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DigitSum(Puzzle):
     """Answer with 4 digits summing to the prompt's digit sum (prompts: 4 random digits).
@@ -80,20 +89,15 @@ class DigitSum(Puzzle):
 
     def verify(self, example: Example | Item, completion: str) -> float:
         """1.0 if ``completion`` (whitespace stripped) is 4 digits with the target sum."""
-        try:
-            target = target_of(str(fields_of(example)["digits"]))
-        except (KeyError, TypeError, ValueError):
-            return 0.0
-        c = completion.strip() if isinstance(completion, str) else ""
-        return 1.0 if self.format_reward(c) and target_of(c) == target else 0.0
+        target, c = _target_and_answer(example, completion)
+        return 1.0 if target is not None and self.format_reward(c) and target_of(c) == target \
+            else 0.0
 
     def rl_reward(self, example: Example | Item, completion: str) -> float:
         """The dense reward in [0, 1] (see the module docstring); 1.0 exactly when solved."""
-        try:
-            target = target_of(str(fields_of(example)["digits"]))
-        except (KeyError, TypeError, ValueError):
+        target, c = _target_and_answer(example, completion)
+        if target is None:
             return 0.0
-        c = completion.strip() if isinstance(completion, str) else ""
         share = sum(ch.isdigit() for ch in c[:WIDTH]) / WIDTH
         if not self.format_reward(c):
             return 0.5 * share
