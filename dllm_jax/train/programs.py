@@ -206,11 +206,12 @@ def _run(trainer: Trainer, resume: bool, overwrite: bool, stop: StopFn | None) -
     trainer.config = cfg
 
 
-def _save_final(model: nnx.Module, source: DataSource, out: Path,
-                generation: dict[str, int] | None) -> Path:
-    """``<out>/model``: the checkpoint, its tokenizer and the generation settings it was
-    trained for (which ``generate``, ``trajectory``, ``eval`` and ``serve`` default to)."""
-    target = out / "model"
+def save_model(model: nnx.Module, source: DataSource, target: Path,
+               generation: dict[str, int] | None) -> Path:
+    """``target`` (a run's ``<out>/model``): the checkpoint, its tokenizer and the generation
+    settings it was trained for (which ``generate``, ``trajectory``, ``eval`` and ``serve``
+    default to)."""
+    target = Path(target)
     if target.exists():
         shutil.rmtree(target)
     save_checkpoint(model, target)
@@ -220,11 +221,11 @@ def _save_final(model: nnx.Module, source: DataSource, out: Path,
     return target
 
 
-def _task_generation(data: DataSpec) -> dict[str, int] | None:
+def task_generation(task: str | None) -> dict[str, int] | None:
     """A built-in task's answer decoded one token per step, as the demo evaluates it."""
-    if data.task is None:
+    if task is None:
         return None
-    a = get_puzzle(data.task).answer_length
+    a = get_puzzle(task).answer_length
     return {"gen_length": a, "steps": a, "block_length": a}
 
 
@@ -248,7 +249,8 @@ def run_sft(prog: SFTProgram, resume: bool = False, progress: bool = True, *,
                       source.sft_batch_fn(prog.train.batch_size, prog.train.seed), prog.out,
                       extra_config=to_dict(prog), progress=progress, mesh=mesh)
     _run(trainer, resume, overwrite, stop)
-    return _save_final(trainer.model, source, Path(prog.out), _task_generation(prog.data))
+    return save_model(trainer.model, source, Path(prog.out) / "model",
+                      task_generation(prog.data.task))
 
 
 def run_rl(prog: RLProgram, resume: bool = False, progress: bool = True, *,
@@ -270,7 +272,7 @@ def run_rl(prog: RLProgram, resume: bool = False, progress: bool = True, *,
     batcher.attach(trainer)
     _run(trainer, resume, overwrite, stop)
     s = rl.sampler  # what the policy was trained to generate
-    return _save_final(trainer.model, source, Path(prog.out), {
+    return save_model(trainer.model, source, Path(prog.out) / "model", {
         "gen_length": s.gen_length, "steps": s.steps, "block_length": s.block_length})
 
 

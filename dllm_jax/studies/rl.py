@@ -1,0 +1,313 @@
+"""The RL study (docs/studies.md, "RL where it is the right tool"): on a task split so that no
+puzzle family crosses parts, SFT on a fixed labelled set until validation accuracy plateaus
+(the best validation checkpoint is the start of every arm), then each RL arm on unlabelled
+prompts of other families with the verifier's reward, against ``sft_more`` (SFT continued on
+the same labelled set for the RL run's compute) — for every (SFT seed, RL seed) unit.
+
+Runs are cached as JSON under the study directory (``sft_s<seed>.json``, ``lr_grid.json``,
+``runs/<arm>_s<sft>_r<rl>.json``), so a study stopped at any point continues where it
+stopped; the summary (:mod:`dllm_jax.studies.rl_report`) is rebuilt from whatever finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dllm_jax.data.sources import TaskSource
+from dllm_jax.errors import ConfigError
+from dllm_jax.sampling import LLaDAConfig
+from dllm_jax.tasks import get_puzzle
+from dllm_jax.train import programs
+from dllm_jax.train.config import CheckpointConfig, OptimConfig, TrainConfig
+from dllm_jax.train.demo import evaluate
+from dllm_jax.train.programs import DataSpec, ModelSpec, RLProgram, SFTProgram
+from dllm_jax.train.rl import RLConfig
+from dllm_jax.train.sanity import rl_curve
+from dllm_jax.weights.convert import from_pretrained
+
+# Each RL arm: the loss and what differs from its published defaults (docs/objectives.md).
+ARMS: dict[str, dict[str, Any] | None] = {
+    "uniform": dict(loss="tracerl", selector="uniform"),  # TraceRL: K merged states
+    "sft_more": None,                                     # SFT for uniform's compute
+    "agdo": dict(loss="agdo_rl", delta=5.0),               # attention order, boosted advantage
+    "atpo": dict(loss="tracerl", selector="atpo"),         # hybrid RoEC + CM steps
+    "random": dict(loss="tracerl", selector="random"),     # K random steps (token-matched)
+}
+RULES = ("low_confidence", "max_s")
+# Parts of each task's leak-free split, as task options (``TaskSource(options=...)``).
+SPLITS: dict[str, dict[str, dict[str, str]]] = {
+    "sudoku": {p: {"grid_split": p} for p in ("sft", "rl", "val", "test")},
+}
+
+
+def rule_of(arm: str) -> str:
+    """The decoding order an arm is scored in: AGDO's arm rolls out in attention order."""
+    return "max_s" if arm.startswith("agdo") else "low_confidence"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Design:
+    """Everything that fixes the study's numbers; seeds and arms may grow between invocations,
+    any other change needs a new study directory."""
+
+    task: str = "sudoku"
+    sft_seeds: tuple[int, ...] = (0, 1, 2)
+    rl_seeds: tuple[int, ...] = (0, 1)
+    arms: tuple[str, ...] = tuple(ARMS)
+    hidden_size: int = 128
+    num_layers: int = 4
+    labelled: int = 200          # the fixed labelled set (SFT and sft_more)
+    unlabelled: int = 5000       # RL prompts (no answers used: the verifier scores)
+    sft_batch: int = 64
+    sft_lr: float = 1e-3
+    sft_check_every: int = 50
+    sft_patience: int = 4        # checks without a better validation accuracy
+    sft_max_steps: int = 2000
+    lr_grid: tuple[float, ...] = (3e-5, 1e-4, 3e-4)
+    grid_steps: int = 60
+    rl_steps: int = 300
+    rl_prompts: int = 8
+    rl_group: int = 8
+    beta: float = 0.01
+    inner: int = 1
+    rl_check_every: int = 50
+    num_val: int = 256
+    num_test: int = 1000
+    boot: int = 10000
+
+    def __post_init__(self):
+        if self.task not in SPLITS:
+            raise ConfigError(f"the RL study needs a task with a leak-free split "
+                              f"({sorted(SPLITS)}), got {self.task!r}")
+        unknown = set(self.arms) - set(ARMS)
+        if unknown or "uniform" not in self.arms:
+            raise ConfigError(f"arms must include uniform and come from {list(ARMS)}, got "
+                              f"{list(self.arms)}")
+        if "sft_more" in self.arms and self.arms.index("sft_more") < self.arms.index("uniform"):
+            raise ConfigError("sft_more is matched to uniform's compute: list it after uniform")
+        if self.rl_check_every % self.inner:
+            raise ConfigError("rl_check_every must be a multiple of inner")
+
+
+GROWABLE = ("sft_seeds", "rl_seeds", "arms")
+
+
+def fixed_part(design: dict) -> dict:
+    """The design without the fields that may grow (seeds, arms)."""
+    return {k: v for k, v in design.items() if k not in GROWABLE}
+
+
+def design_dict(d: Design) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(d)))
+
+
+def cached(path: Path, fn: Callable[[], Any]) -> Any:
+    """``fn()``'s JSON result, computed once and written atomically."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(fn(), indent=1, allow_nan=False))
+        tmp.replace(path)
+    return json.loads(path.read_text())
+
+
+def sources(d: Design) -> dict[str, TaskSource]:
+    """Validation (plateau, learning rate) and test (reported once) puzzles."""
+    parts = SPLITS[d.task]
+    return {"val": TaskSource(d.task, 1, d.num_val, options=parts["val"]),
+            "test": TaskSource(d.task, 2, d.num_test, options=parts["test"])}
+
+
+def _data(d: Design, part: str, n: int) -> DataSpec:
+    opts = ",".join(f"{k}={v}" for k, v in SPLITS[d.task][part].items())
+    return DataSpec(task=d.task, task_options=opts, num_train=n)
+
+
+def _train(seed: int, steps: int, batch: int, lr: float, every: int, warmup: int
+           ) -> TrainConfig:
+    return TrainConfig(seed=seed, steps=steps, batch_size=batch, log_every=1,
+                       optim=OptimConfig(lr=lr, total_steps=steps, schedule="constant",
+                                         warmup_steps=warmup, weight_decay=0.01),
+                       checkpoint=CheckpointConfig(every=every, keep=1))
+
+
+def step_seconds(run_dir: Path) -> float:
+    """Median wall clock of one training step (``metrics.jsonl``, logged every step; the
+    steps that compile or evaluate fall out as outliers)."""
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    gaps = [b["elapsed_s"] - a["elapsed_s"] for a, b in zip(rows, rows[1:], strict=False)
+            if b["step"] == a["step"] + 1 and b["elapsed_s"] > a["elapsed_s"]]
+    return float(np.median(gaps))
+
+
+def test_scores(model, test: TaskSource) -> dict[str, list[int]]:
+    """Per-puzzle greedy correctness (0/1) in each decoding order."""
+    return {r: evaluate(model, test, r)[1].astype(int).tolist() for r in RULES}
+
+
+def run_sft(d: Design, seed: int, out: Path, src: dict, log: Callable[[str], None]) -> dict:
+    """SFT seed ``seed`` on the labelled set until ``sft_patience`` checks pass without a
+    better validation accuracy; the best checkpoint is kept as ``<out>/best``."""
+    curve: list[list[float]] = []
+    best = {"acc": -1.0, "step": 0}
+    prog = SFTProgram(out=str(out), model=ModelSpec(hidden_size=d.hidden_size,
+                                                    num_layers=d.num_layers),
+                      data=_data(d, "sft", d.labelled),
+                      train=_train(seed, d.sft_max_steps, d.sft_batch, d.sft_lr,
+                                   d.sft_check_every, warmup=50))
+    tok_src = TaskSource(d.task, seed, 1)
+
+    def stop(model, step: int, last: dict) -> bool:
+        acc = evaluate(model, src["val"], "low_confidence")[0]
+        curve.append([step, acc, last.get("loss")])
+        log(f"SFT seed {seed} step {step}: validation {acc:.3f} (loss {last.get('loss'):.4f})")
+        if acc > best["acc"]:
+            best.update(acc=acc, step=step)
+            programs.save_model(model, tok_src, out / "best", programs.task_generation(d.task))
+        return step - best["step"] >= d.sft_patience * d.sft_check_every
+
+    t0 = time.perf_counter()
+    programs.run_sft(prog, overwrite=True, stop=stop, mesh=None, progress=False)
+    model = from_pretrained(out / "best")
+    return {"model": str(out / "best"), "best_step": best["step"], "best_val": best["acc"],
+            "curve": curve, "steps": int(curve[-1][0]), "seconds": time.perf_counter() - t0,
+            "step_seconds": step_seconds(out),
+            "val": {r: evaluate(model, src["val"], r)[0] for r in RULES},
+            "test": test_scores(model, src["test"])}
+
+
+def rl_program(d: Design, arm: str, init: str, lr: float, steps: int, seed: int, out: Path
+               ) -> RLProgram:
+    a = get_puzzle(d.task).answer_length
+    rl = RLConfig(prompts_per_step=d.rl_prompts, group_size=d.rl_group, beta=d.beta,
+                  inner_iterations=d.inner, **ARMS[arm],
+                  sampler=LLaDAConfig(steps=a, gen_length=a, block_length=a, temperature=1.0))
+    every = min(d.rl_check_every, steps) * d.inner
+    return RLProgram(out=str(out), model=ModelSpec(init=init), data=_data(d, "rl", d.unlabelled),
+                     train=_train(seed, steps * d.inner, 1, lr, every, warmup=0), rl=rl)
+
+
+def run_arm(d: Design, arm: str, start: dict, lr: float, steps: int, seed: int, out: Path,
+            src: dict, log: Callable[[str], None], test: bool = True) -> dict:
+    """One RL arm from the SFT start: validation accuracy (in the arm's order) every
+    ``rl_check_every`` RL steps, per-step metrics, and the test scores."""
+    rule = rule_of(arm)
+    curve = [[0, start["val"][rule]]]
+
+    def stop(model, step: int, last: dict) -> bool:
+        curve.append([step // d.inner, evaluate(model, src["val"], rule)[0]])
+        log(f"{out.name} step {step // d.inner}: validation {curve[-1][1]:.3f}, "
+            f"reward {last.get('reward', float('nan')):.3f}")
+        return False
+
+    prog = rl_program(d, arm, start["model"], lr, steps, seed, out)
+    t0 = time.perf_counter()
+    model_dir = programs.run_rl(prog, overwrite=True, stop=stop, mesh=None, progress=False)
+    res = {"lr": lr, "curve": curve, "seconds": time.perf_counter() - t0,
+           "step_seconds": step_seconds(out) * d.inner, "metrics": rl_curve(out, d.inner),
+           "config": json.loads(json.dumps(dataclasses.asdict(prog.resolved().rl)))}
+    if test:
+        res["test"] = test_scores(from_pretrained(model_dir), src["test"])
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    return res
+
+
+def run_sft_more(d: Design, start: dict, rl_seconds: float, seed: int, out: Path, src: dict,
+                 log: Callable[[str], None]) -> dict:
+    """SFT continued from the start on the labelled set for ``rl_seconds`` of training compute
+    (converted to steps at the SFT run's median step time)."""
+    steps = max(1, round(rl_seconds / start["step_seconds"]))
+    every = max(1, math.ceil(steps / 6))
+    curve = [[0, start["val"]["low_confidence"]]]
+
+    def stop(model, step: int, last: dict) -> bool:
+        curve.append([step, evaluate(model, src["val"], "low_confidence")[0]])
+        log(f"{out.name} step {step}/{steps}: validation {curve[-1][1]:.3f}")
+        return False
+
+    prog = SFTProgram(out=str(out), model=ModelSpec(init=start["model"]),
+                      data=_data(d, "sft", d.labelled),
+                      train=_train(seed, steps, d.sft_batch, d.sft_lr, every, warmup=0))
+    t0 = time.perf_counter()
+    model_dir = programs.run_sft(prog, overwrite=True, stop=stop, mesh=None, progress=False)
+    res = {"steps": steps, "target_seconds": rl_seconds, "curve": curve,
+           "seconds": time.perf_counter() - t0, "step_seconds": step_seconds(out),
+           "test": test_scores(from_pretrained(model_dir), src["test"])}
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    return res
+
+
+def choose_lr(d: Design, start: dict, out: Path, src: dict, log: Callable[[str], None]
+              ) -> dict:
+    """The RL learning rate: the ``uniform`` arm for ``grid_steps`` from the first SFT seed's
+    start at each rate of the grid, scored on validation (ties: the smaller rate)."""
+    scores = {}
+    for lr in d.lr_grid:
+        r = run_arm(d, "uniform", start, lr, d.grid_steps, 0, out / f"lr_{lr:g}", src, log,
+                    test=False)
+        scores[f"{lr:g}"] = r["curve"][-1][1]
+    lr = max(d.lr_grid, key=lambda x: (scores[f"{x:g}"], -x))
+    return {"scores": scores, "lr": lr, "steps": d.grid_steps}
+
+
+def run_study(d: Design, out: Path, log: Callable[[str], None] = print,
+              max_runs: int | None = None) -> dict[str, Any]:
+    """Runs (or continues) the study in ``out``; returns the cached results so far:
+    ``{"design", "sft": {seed: ...}, "lr": ..., "runs": {"<arm>_s<sft>_r<rl>": ...}}``.
+    Arms run in ``d.arms`` order over every unit before the next arm starts, so the first
+    arms have every seed first; ``max_runs`` stops after that many new runs."""
+    out.mkdir(parents=True, exist_ok=True)
+    saved = cached(out / "design.json", lambda: design_dict(d))
+    if fixed_part(saved) != fixed_part(design_dict(d)):
+        raise ConfigError(f"{out} holds a study of another design (design.json); use a new "
+                          "directory or the same settings")
+    src = sources(d)
+    sft: dict[int, dict] = {}
+
+    def start(s: int) -> dict:
+        if s not in sft:
+            sft[s] = cached(out / f"sft_s{s}.json",
+                            lambda: run_sft(d, s, out / f"sft_s{s}", src, log))
+        return sft[s]
+
+    lr = cached(out / "lr_grid.json",
+                lambda: choose_lr(d, start(d.sft_seeds[0]), out / "lr_grid", src, log))
+    log(f"RL learning rate {lr['lr']:g} (validation after {lr['steps']} steps: "
+        f"{lr['scores']})")
+    runs: dict[str, dict] = {}
+    new = 0
+    for arm in d.arms:
+        for s in d.sft_seeds:
+            for r in d.rl_seeds:
+                key = f"{arm}_s{s}_r{r}"
+                path = out / "runs" / f"{key}.json"
+                if not path.exists() and max_runs is not None and new >= max_runs:
+                    continue
+                if arm == "sft_more" and f"uniform_s{s}_r{r}" not in runs:
+                    continue
+                new += not path.exists()
+                if arm == "sft_more":
+                    uni = runs[f"uniform_s{s}_r{r}"]
+                    go = lambda s=s, r=r, key=key, uni=uni: run_sft_more(  # noqa: E731
+                        d, start(s), uni["step_seconds"] * d.rl_steps, r, out / "rl" / key,
+                        src, log)
+                else:
+                    go = lambda arm=arm, s=s, r=r, key=key: run_arm(  # noqa: E731
+                        d, arm, start(s), lr["lr"], d.rl_steps, r, out / "rl" / key, src, log)
+                runs[key] = cached(path, go)
+                acc = np.mean(runs[key]["test"][rule_of(arm)])
+                log(f"{key}: test {acc:.3f} ({rule_of(arm)})")
+    for s in d.sft_seeds:
+        if (out / f"sft_s{s}.json").exists():
+            start(s)
+    return {"design": design_dict(d), "sft": {str(k): v for k, v in sft.items()}, "lr": lr,
+            "runs": runs}
