@@ -69,6 +69,7 @@ class Design:
     unlabelled: int = 5000       # RL prompts (no answers used: the verifier scores)
     sft_batch: int = 64
     sft_lr: float = 1e-3
+    sft_weight_decay: float = 0.01
     sft_check_every: int = 50
     sft_patience: int = 4        # checks without a better validation accuracy
     sft_max_steps: int = 2000
@@ -79,6 +80,7 @@ class Design:
     rl_group: int = 8
     beta: float = 0.01
     inner: int = 1
+    rl_weight_decay: float = 0.0
     rl_check_every: int = 50
     num_val: int = 256
     num_test: int = 1000
@@ -132,11 +134,11 @@ def _data(d: Design, part: str, n: int) -> DataSpec:
     return DataSpec(task=d.task, task_options=opts, num_train=n)
 
 
-def _train(seed: int, steps: int, batch: int, lr: float, every: int, warmup: int
-           ) -> TrainConfig:
+def _train(seed: int, steps: int, batch: int, lr: float, every: int, warmup: int,
+           weight_decay: float) -> TrainConfig:
     return TrainConfig(seed=seed, steps=steps, batch_size=batch, log_every=1,
                        optim=OptimConfig(lr=lr, total_steps=steps, schedule="constant",
-                                         warmup_steps=warmup, weight_decay=0.01),
+                                         warmup_steps=warmup, weight_decay=weight_decay),
                        checkpoint=CheckpointConfig(every=every, keep=1))
 
 
@@ -163,7 +165,7 @@ def run_sft(d: Design, seed: int, out: Path, src: dict, log: Callable[[str], Non
                                                     num_layers=d.num_layers),
                       data=_data(d, "sft", d.labelled),
                       train=_train(seed, d.sft_max_steps, d.sft_batch, d.sft_lr,
-                                   d.sft_check_every, warmup=50))
+                                   d.sft_check_every, warmup=50, weight_decay=d.sft_weight_decay))
     tok_src = TaskSource(d.task, seed, 1)
 
     def stop(model, step: int, last: dict) -> bool:
@@ -193,7 +195,8 @@ def rl_program(d: Design, arm: str, init: str, lr: float, steps: int, seed: int,
                   sampler=LLaDAConfig(steps=a, gen_length=a, block_length=a, temperature=1.0))
     every = min(d.rl_check_every, steps) * d.inner
     return RLProgram(out=str(out), model=ModelSpec(init=init), data=_data(d, "rl", d.unlabelled),
-                     train=_train(seed, steps * d.inner, 1, lr, every, warmup=0), rl=rl)
+                     train=_train(seed, steps * d.inner, 1, lr, every, warmup=0,
+                                  weight_decay=d.rl_weight_decay), rl=rl)
 
 
 def run_arm(d: Design, arm: str, start: dict, lr: float, steps: int, seed: int, out: Path,
@@ -236,7 +239,8 @@ def run_sft_more(d: Design, start: dict, rl_seconds: float, seed: int, out: Path
 
     prog = SFTProgram(out=str(out), model=ModelSpec(init=start["model"]),
                       data=_data(d, "sft", d.labelled),
-                      train=_train(seed, steps, d.sft_batch, d.sft_lr, every, warmup=0))
+                      train=_train(seed, steps, d.sft_batch, d.sft_lr, every, warmup=0,
+                                   weight_decay=d.sft_weight_decay))
     t0 = time.perf_counter()
     model_dir = programs.run_sft(prog, overwrite=True, stop=stop, mesh=None, progress=False)
     res = {"steps": steps, "target_seconds": rl_seconds, "curve": curve,
