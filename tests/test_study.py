@@ -1,7 +1,8 @@
-"""scripts/study_rl.py at its toy size (``--quick``) end to end. Its
-statistics (dllm_jax.eval.stats) are tested in tests/test_stats.py."""
+"""The RL study (dllm_jax.studies.rl, rl_report; scripts/study_rl.py): the paired statistics
+against hand computation on made-up runs, the design checks, and the toy size end to end
+with its resume. The statistics themselves (dllm_jax.eval.stats) are tested in
+tests/test_stats.py."""
 
-import importlib.util
 import json
 import math
 import os
@@ -9,14 +10,89 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from scipy import stats as sp
+
+from dllm_jax.errors import ConfigError
+from dllm_jax.studies import rl_report
+from dllm_jax.studies.rl import Design, run_study
 
 REPO = Path(__file__).resolve().parents[1]
 
-_spec = importlib.util.spec_from_file_location("study_rl", REPO / "scripts" / "study_rl.py")
-study = importlib.util.module_from_spec(_spec)
-sys.modules["study_rl"] = study  # its dataclasses look their module up there
-_spec.loader.exec_module(study)
+
+def _fake(acc: dict[str, list[float]], n: int = 40, seed: int = 0) -> dict:
+    """Cached-run shape with, per arm and unit, ``n`` puzzles of which a fraction ``acc`` is
+    correct (the same puzzles correct in both orders)."""
+    rng = np.random.default_rng(seed)
+    units = [(s, r) for s in (0, 1) for r in (0, 1)]
+
+    def scores(p):
+        x = np.zeros(n, int)
+        x[rng.permutation(n)[:round(p * n)]] = 1
+        return {"low_confidence": x.tolist(), "max_s": x.tolist()}
+
+    metrics = {"reward": [0.1] * 40, "zero_var_groups": [0.5] * 40, "loss": [0.0] * 40}
+    res = {"design": {"sft_seeds": [0, 1], "rl_seeds": [0, 1], "arms": list(acc)[1:],
+                      "boot": 500, "rl_steps": 40},
+           "sft": {str(s): {"test": scores(acc["sft"][i]), "best_val": 0.3, "best_step": 100,
+                            "steps": 300} for i, s in enumerate((0, 1))},
+           "lr": {"lr": 1e-4, "scores": {}, "steps": 5}, "runs": {}}
+    for arm in list(acc)[1:]:
+        for i, (s, r) in enumerate(units):
+            res["runs"][f"{arm}_s{s}_r{r}"] = {"test": scores(acc[arm][i]), "metrics": metrics}
+    return res
+
+
+def test_contrast_matches_hand_computation():
+    res = _fake({"sft": [0.2, 0.3], "uniform": [0.4, 0.5, 0.45, 0.6],
+                 "sft_more": [0.2, 0.25, 0.3, 0.35]})
+    c = rl_report.contrast(res, "uniform", "sft_more", boot=500)
+    acc = lambda arm, s, r: np.mean(res["runs"][f"{arm}_s{s}_r{r}"]["test"]["low_confidence"])  # noqa: E731
+    d = np.array([acc("uniform", s, r) - acc("sft_more", s, r) for s in (0, 1) for r in (0, 1)])
+    half = sp.t.ppf(0.975, 3) * d.std(ddof=1) / 2
+    assert c["mean_diff"] == pytest.approx(d.mean(), abs=1e-12)
+    assert c["t_ci95"] == pytest.approx([d.mean() - half, d.mean() + half], abs=1e-12)
+    assert c["n"] == 4 and c["units"] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    lo, hi = c["puzzle_ci95"]
+    assert lo < d.mean() < hi
+    # Against the start: each unit's SFT seed, the same puzzles.
+    c = rl_report.contrast(res, "uniform", "sft", boot=500)
+    start = [0.2, 0.2, 0.3, 0.3]
+    assert c["mean_diff"] == pytest.approx(np.mean([0.4, 0.5, 0.45, 0.6]) - np.mean(start),
+                                           abs=1e-12)
+
+
+def test_target_reached_and_missed():
+    good = rl_report.summarize(_fake({"sft": [0.2, 0.3], "uniform": [0.5, 0.55, 0.6, 0.62],
+                                      "sft_more": [0.2, 0.25, 0.3, 0.35]}))
+    assert good["target"]["best_arm"] == "uniform" and good["target"]["met"] is True
+    near = rl_report.summarize(_fake({"sft": [0.2, 0.3], "uniform": [0.25, 0.3, 0.3, 0.35],
+                                      "sft_more": [0.2, 0.25, 0.3, 0.35]}))
+    assert near["target"]["met"] is False  # +0.025 over sft_more is under the +0.05 level
+    alone = rl_report.summarize(_fake({"sft": [0.2, 0.3], "uniform": [0.5, 0.5, 0.6, 0.6]}))
+    assert alone["target"]["met"] is None and "sft_more" in alone["target"]["why"]
+    text = rl_report.report(_fake({"sft": [0.2, 0.3], "uniform": [0.5, 0.5, 0.6, 0.6]}), alone,
+                            "# t")
+    assert "| uniform - sft | +0.300 |" in text
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(task="addition"), "leak-free split"),
+    (dict(arms=("sft_more", "uniform")), "after uniform"),
+    (dict(arms=("uniform", "ppo")), "arms must include uniform"),
+    (dict(rl_check_every=5, inner=2), "multiple of inner"),
+])
+def test_design_refuses(kw, msg):
+    with pytest.raises(ConfigError, match=msg):
+        Design(**kw)
+
+
+def test_other_design_in_the_directory_is_refused_before_training(tmp_path):
+    (tmp_path / "design.json").write_text(json.dumps({"task": "sudoku", "labelled": 7}))
+    with pytest.raises(ConfigError, match="another design"):
+        run_study(Design(), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["design.json"]
 
 
 def _numbers(x):
@@ -31,34 +107,31 @@ def _numbers(x):
 
 
 @pytest.mark.slow
-def test_quick_study_end_to_end(tmp_path):
+def test_quick_study_end_to_end_and_resume(tmp_path):
     out = tmp_path / "study"
     env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(
         os.environ.get("DLLM_JAX_TEST_CACHE", tmp_path / "jax_cache"))}
-    subprocess.run([sys.executable, str(REPO / "scripts" / "study_rl.py"), "--quick", "--out",
-                    str(out)], check=True, cwd=REPO, env=env, timeout=900)
+    cmd = [sys.executable, str(REPO / "scripts" / "study_rl.py"), "--quick", "--out", str(out)]
+    subprocess.run(cmd, check=True, cwd=REPO, env=env, timeout=600, capture_output=True)
     res = json.loads((out / "results.json").read_text())
-    assert res["task"] == "sudoku" and "held-out" in res["primary_endpoint"]
-    arms = study.SIZES["quick"].arms
-    assert set(res["arms"]) == set(arms) and set(res["paired_vs_uniform"]) == set(arms) - {
-        "uniform"}
-    for v in res["arms"].values():
-        assert len(v["seeds"]) == 2 and all(0 <= s <= 1 for s in v["seeds"])
-        lo, hi = v["ci95"]
-        assert lo <= v["mean"] <= hi
-    for v in res["paired_vs_uniform"].values():
-        assert set(v) >= {"mean_diff", "ci95"} and v["ci95"][0] <= v["ci95"][1]
-    assert all(math.isfinite(x) for x in _numbers(res))
-    # log p(x | its own order) re-scored here equals the sampler's recorded confidences up to
-    # the MASK token's share of the sampler's softmax (excluded when re-scoring).
-    assert res["imh"]["max_abs_own_order_vs_recorded"] < 0.05
-    assert "| uniform |" in (out / "report.md").read_text()
-    for png in res["plots"]:
-        assert (out / png).stat().st_size > 1000
-    # Resuming a finished study recomputes nothing and writes the same numbers.
-    again = subprocess.run([sys.executable, str(REPO / "scripts" / "study_rl.py"), "--quick",
-                            "--out", str(out)], check=True, cwd=REPO, env=env, timeout=300,
+    summary = res["summary"]
+    arms = res["design"]["arms"]
+    assert set(summary["arms"]) == {"sft", *arms}
+    for a in arms:
+        assert len(summary["arms"][a]["seeds"]) == 2  # one SFT seed x two RL seeds
+        assert len(res["runs"][f"{a}_s0_r0"]["test"]["low_confidence"]) == 32
+    for a in set(arms) - {"sft_more"}:
+        assert f"{a} - sft" in summary["contrasts"] and f"{a} - sft_more" in summary["contrasts"]
+        m = res["runs"][f"{a}_s0_r0"]["metrics"]
+        assert len(m["reward"]) == 4 and {"zero_var_groups", "kl", "clip_frac",
+                                          "update_norm"} <= set(m)
+    assert res["runs"]["sft_more_s0_r0"]["steps"] >= 1
+    assert summary["target"]["met"] in (True, False)
+    assert all(math.isfinite(x) for x in _numbers(summary))
+    assert "| uniform - sft_more |" in (out / "report.md").read_text()
+    assert (out / "rl_study.png").stat().st_size > 1000
+    # A second invocation trains nothing and writes the same numbers.
+    again = subprocess.run(cmd, check=True, cwd=REPO, env=env, timeout=300,
                            capture_output=True, text=True)
-    assert "SFT seed 0 step" not in again.stdout
-    res2 = json.loads((out / "results.json").read_text())
-    assert res2["arms"] == res["arms"] and res2["paired_vs_uniform"] == res["paired_vs_uniform"]
+    assert "SFT seed 0 step" not in again.stdout and "step 2:" not in again.stdout
+    assert json.loads((out / "results.json").read_text())["summary"] == summary
