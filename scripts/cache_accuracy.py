@@ -31,7 +31,7 @@ import jax
 import numpy as np
 from bench_sampler import timed, torch_llada_generate
 
-from dllm_jax.data.sources import TaskSource
+from dllm_jax.programs.datasources import TaskSource
 from dllm_jax.sampling import LLaDAConfig, generate
 from dllm_jax.weights import export_hf, from_pretrained
 

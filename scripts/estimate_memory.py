@@ -2,7 +2,7 @@
 
 Nothing is materialised: parameters, optimiser state and batches are abstract
 (``jax.ShapeDtypeStruct`` with their shardings) and the real programs are compiled for the
-mesh; XLA's memory analysis gives the bytes (``dllm_jax.train.memory``). Programs:
+mesh; XLA's memory analysis gives the bytes (``dllm_jax.programs.memory``). Programs:
 
 - ``sft``: the SFT train step, ``--micro-batch`` rows x ``--seq-len`` tokens per device.
 - ``rl``: the RL train step (TraceRL loss with its reference model): ``--rollouts`` rollouts
@@ -120,10 +120,10 @@ def devices_for(args: argparse.Namespace, n: int) -> list:
 def variants(args: argparse.Namespace, n: int):
     """``(program, label, lora_rank, measure(config, mesh, log) -> report)`` to run on ``n``
     devices."""
+    from dllm_jax.programs import memory
+    from dllm_jax.programs.config import RLConfig
     from dllm_jax.sampling import LLaDAConfig
-    from dllm_jax.train import memory
     from dllm_jax.train.lora import LoRAConfig
-    from dllm_jax.train.rl import RLConfig
 
     seq = args.prompt_len + args.gen_len
     rl_rows = args.rollouts * args.states
@@ -161,7 +161,7 @@ def variants(args: argparse.Namespace, n: int):
 
 def measure_at_depth(args: argparse.Namespace, config, mesh, measure):
     """The report at the model's depth (compiled, or extrapolated from two depths) and how."""
-    from dllm_jax.train import memory
+    from dllm_jax.programs import memory
 
     log = lambda s: print(s, flush=True)  # noqa: E731
     run = lambda layers: measure(config.replace(num_layers=layers), mesh, log)  # noqa: E731
@@ -181,7 +181,7 @@ def measure_at_depth(args: argparse.Namespace, config, mesh, measure):
 def with_rl_residents(rows: list[dict]) -> None:
     """While the RL step rolls out and scores, the train state and the reference parameters
     stay on the device: add them (less the parameters the program reads) as resident."""
-    from dllm_jax.train import memory
+    from dllm_jax.programs import memory
 
     for row in rows:
         if row["program"] not in ("sampler", "score"):
@@ -196,7 +196,7 @@ def with_rl_residents(rows: list[dict]) -> None:
 
 
 def print_table(rows: list[dict]) -> None:
-    from dllm_jax.train import memory
+    from dllm_jax.programs import memory
 
     cols = ("params_bytes", "opt_bytes", "argument_bytes", "output_bytes", "alias_bytes",
             "temp_bytes", "peak_bytes", "resident_bytes", "total_bytes")
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from dllm_jax.model import config as mcfg
     from dllm_jax.model import sharding as shd
-    from dllm_jax.train import memory
+    from dllm_jax.programs import memory
 
     config = getattr(mcfg, args.model)(dtype=args.dtype, remat=args.remat, attention_impl="xla")
     backend = f"TPU {args.tpu} topology (AOT)" if args.tpu else "simulated CPU devices"

@@ -4,7 +4,7 @@
     python scripts/rl_sanity.py --quick --json     # what the test suite runs
     python scripts/rl_sanity.py --out out/rl_sanity
 
-Each loss runs the RL program (``dllm_jax.train.programs.run_rl``) from the same freshly
+Each loss runs the RL program (``dllm_jax.programs.run_rl``) from the same freshly
 initialised model with the same rollout keys; the per-step metrics (mean reward, zero-variance
 groups, KL, clip fraction, update norm) come from the run's ``metrics.jsonl``. Prints, per
 loss, the mean reward of the first and the last 10 RL steps, and whether the last reached
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from dllm_jax.objectives import loss_names
-from dllm_jax.train.sanity import SanityConfig, run_sanity
+from dllm_jax.programs.sanity import SanityConfig, run_sanity
 
 
 def main(argv: list[str] | None = None) -> int:

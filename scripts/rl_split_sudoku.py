@@ -19,14 +19,13 @@ import json
 import time
 from pathlib import Path
 
-from dllm_jax.data.sources import TaskSource
+from dllm_jax import programs
+from dllm_jax.programs.config import DataSpec, ModelSpec, RLConfig, RLProgram, SFTProgram
+from dllm_jax.programs.datasources import TaskSource
+from dllm_jax.programs.evaluate import evaluate
+from dllm_jax.programs.sanity import rl_curve
 from dllm_jax.sampling import LLaDAConfig
-from dllm_jax.train import programs
 from dllm_jax.train.config import CheckpointConfig, OptimConfig, TrainConfig
-from dllm_jax.train.demo import evaluate
-from dllm_jax.train.programs import DataSpec, ModelSpec, RLProgram, SFTProgram
-from dllm_jax.train.rl import RLConfig
-from dllm_jax.train.sanity import rl_curve
 from dllm_jax.weights.convert import from_pretrained
 
 

@@ -34,10 +34,10 @@ def main() -> None:
     args = ap.parse_args()
 
     import dllm_jax
-    from dllm_jax.data.sources import TaskSource
     from dllm_jax.eval.metrics import pass_at_k
+    from dllm_jax.programs.datasources import TaskSource
+    from dllm_jax.programs.demo import DemoConfig, sft_phase
     from dllm_jax.sampling import IMHConfig, LLaDAConfig, generate
-    from dllm_jax.train.demo import DemoConfig, sft_phase
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -167,7 +167,7 @@ def test_order_ignores_prompt_padding(tiny_llada):
     join the committed set. Without the mask the order changes (so the test can fail)."""
     from flax import nnx
 
-    from dllm_jax.train.rl import agdo_order
+    from dllm_jax.programs.losses import agdo_order
 
     p, g, pad = 4, 6, 3
     seq = RNG.integers(2, 60, (2, p + g))

@@ -153,3 +153,39 @@ def test_docs_do_not_point_outside_the_repository():
     bad = [str(f.relative_to(root)) for f in files
            if "SPEC" in f.read_text() or issue.search(f.read_text())]
     assert not bad, bad
+
+
+# Which packages each package may import (docs/architecture.md): only lower floors.
+BELOW_PROGRAMS = {"errors", "model", "objectives", "weights", "data", "tasks", "sampling",
+                  "analysis", "train", "eval", "serve", "integrations"}
+ALLOWED = {
+    "errors": set(),
+    "model": {"errors"},
+    "objectives": {"errors"},
+    "weights": {"errors", "model"},
+    "data": {"errors", "model"},
+    "tasks": {"errors", "data"},
+    "sampling": {"errors", "model", "data"},
+    "analysis": {"errors", "sampling"},
+    "train": {"errors", "model", "objectives"},
+    "eval": {"errors", "data", "sampling", "tasks", "weights"},
+    "serve": {"errors", "data", "sampling", "tasks", "weights"},
+    "integrations": {"errors", "model", "objectives", "sampling", "data", "weights"},
+    "programs": BELOW_PROGRAMS,
+    "studies": BELOW_PROGRAMS | {"programs"},
+    "cli": BELOW_PROGRAMS | {"programs", "studies"},
+}
+
+
+def _package(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "dllm_jax"
+
+
+def test_packages_import_only_lower_floors():
+    assert {_package(m) for m in MODULES} - {"dllm_jax"} == set(ALLOWED), \
+        "a package is missing from ALLOWED (and from docs/architecture.md)"
+    wrong = sorted(f"{m} -> {t}" for m, deps in GRAPH.items() for t in deps
+                   if _package(m) != "dllm_jax" and _package(t) != _package(m)
+                   and _package(t) not in ALLOWED[_package(m)])
+    assert not wrong, f"imports against docs/architecture.md's floors: {wrong}"

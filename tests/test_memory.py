@@ -1,4 +1,4 @@
-"""Compile-only memory measurement (``dllm_jax.train.memory``) on a tiny model and a 2x4 mesh:
+"""Compile-only memory measurement (``dllm_jax.programs.memory``) on a tiny model and a 2x4 mesh:
 the exact state shards, donation of the state, the RL step's and the sampler's programs; the
 per-layer extrapolation and the fit rule; the TPU pod RL config loads through the CLI."""
 
@@ -10,10 +10,10 @@ import yaml
 from helpers import tiny_config
 
 from dllm_jax.model import sharding as shd
+from dllm_jax.programs import memory
+from dllm_jax.programs.config import RLConfig
 from dllm_jax.sampling import LLaDAConfig
-from dllm_jax.train import memory
 from dllm_jax.train.lora import LoRAConfig
-from dllm_jax.train.rl import RLConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -85,8 +85,10 @@ def _child(out: str, nproc: int, pid: int, port: int) -> None:
     # RL from the SFT model on a (data 1, fsdp 2, tensor 2) mesh: fsdp splits the rows across
     # the two processes, tensor within each. Rollouts run on the sharded parameters; each
     # process scores only its own rollouts; nothing gathers the parameters.
+    from dllm_jax.programs.config import RLConfig
+    from dllm_jax.programs.losses import make_rl_loss
+    from dllm_jax.programs.rollouts import RolloutBatcher
     from dllm_jax.sampling import LLaDAConfig
-    from dllm_jax.train.rl import RLConfig, RolloutBatcher, make_rl_loss
 
     scored: dict[int, list[int]] = {}
 

@@ -14,9 +14,9 @@ import yaml
 
 from dllm_jax.errors import ConfigError
 from dllm_jax.objectives import LOSSES, get_loss
+from dllm_jax.programs.config import RLProgram, SFTProgram
 from dllm_jax.tasks import get_puzzle
 from dllm_jax.train.overrides import dump_yaml, load_config, to_dict
-from dllm_jax.train.programs import RLProgram, SFTProgram
 from dllm_jax.weights import generation_settings
 
 TINY = ["model.hidden_size=32", "model.num_layers=2", "model.num_heads=4",
@@ -155,7 +155,7 @@ def test_data_loading_each_format(tmp_path, fmt):
 
 
 def test_file_source(tmp_path):
-    from dllm_jax.data.sources import FileSource
+    from dllm_jax.programs.datasources import FileSource
 
     path = tmp_path / "d.jsonl"
     path.write_text('{"q": "what is two", "a": "four"}\n{"q": "what is four ?", "a": "two"}\n')
@@ -184,7 +184,7 @@ def test_file_source(tmp_path):
 
 
 def test_task_source():
-    from dllm_jax.data.sources import TaskSource
+    from dllm_jax.programs.datasources import TaskSource
     from dllm_jax.tasks import get_task
 
     src = TaskSource("addition", 0, 16)
@@ -322,8 +322,8 @@ def test_every_registered_loss_trains_through_its_program(tmp_path, tiny_init, m
     from the same checkpoint: the loss is finite and every parameter moved. A random model
     never answers an addition, so every reward would be 0, every advantage 0 and every RL
     gradient 0; the RL runs therefore score completions by the parity of their token ids."""
-    from dllm_jax.data.sources import TaskSource
-    from dllm_jax.train.programs import run_rl, run_sft
+    from dllm_jax.programs.datasources import TaskSource
+    from dllm_jax.programs.run import run_rl, run_sft
 
     monkeypatch.setattr(TaskSource, "rewards",
                         lambda self, rows, comp: (np.asarray(comp) % 2).mean(1))
@@ -381,12 +381,13 @@ def test_rl_on_a_file_keeps_the_prompts_attention_mask(tmp_path, shared_dir):
     import jax.numpy as jnp
     from helpers import sharpened, tiny_model
 
-    from dllm_jax.data.sources import FileSource
     from dllm_jax.data.tokenizer import load_tokenizer
+    from dllm_jax.programs.config import RLConfig
+    from dllm_jax.programs.datasources import FileSource
+    from dllm_jax.programs.losses import make_rl_loss
+    from dllm_jax.programs.rollouts import rollout_batcher
     from dllm_jax.sampling import LLaDAConfig, generate
     from dllm_jax.train import TrainConfig, Trainer
-    from dllm_jax.train.programs import rollout_batcher
-    from dllm_jax.train.rl import RLConfig, make_rl_loss
 
     qwen = shared_dir / "tokenizers" / "qwen2.5"
     if not qwen.is_dir():
@@ -437,8 +438,8 @@ def test_rl_stop_hook_chunks_equal_one_run(tmp_path, tiny_init, monkeypatch):
     """``run_rl(stop=...)`` trains in checkpoint-sized chunks and asks ``stop`` after each: a
     hook that never stops gives exactly the parameters of one uninterrupted run (the rollouts
     are re-created from the seed and the step), and one that stops ends the run there."""
-    from dllm_jax.data.sources import TaskSource
-    from dllm_jax.train.programs import run_rl
+    from dllm_jax.programs.datasources import TaskSource
+    from dllm_jax.programs.run import run_rl
 
     monkeypatch.setattr(TaskSource, "rewards",
                         lambda self, rows, comp: (np.asarray(comp) % 2).mean(1))

@@ -15,6 +15,9 @@ from flax import nnx
 from helpers import TINY_MASK_ID, sharpened, tiny_model
 
 from dllm_jax.errors import ConfigError
+from dllm_jax.programs.config import RLConfig
+from dllm_jax.programs.losses import make_rl_loss
+from dllm_jax.programs.rollouts import RolloutBatcher
 from dllm_jax.sampling import LLaDAConfig, generate
 from dllm_jax.train import (
     CheckpointConfig,
@@ -25,7 +28,6 @@ from dllm_jax.train import (
     make_train_step,
     put_batch,
 )
-from dllm_jax.train.rl import RLConfig, RolloutBatcher, make_rl_loss
 from dllm_jax.train.step import batch_sharding
 
 TARGET = 7

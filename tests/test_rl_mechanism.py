@@ -20,8 +20,9 @@ from flax import nnx
 from helpers import tiny_model
 
 from dllm_jax import objectives as obj
+from dllm_jax.programs.config import RLConfig
+from dllm_jax.programs.losses import make_rl_loss
 from dllm_jax.sampling import LLaDAConfig
-from dllm_jax.train.rl import RLConfig, make_rl_loss
 
 P, A, G, NPROMPT = 4, 8, 2, 2  # prompt length, completion length, group size, prompts
 R = G * NPROMPT

@@ -19,14 +19,13 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from serve_support import WAIT_S, ServeProcess, save_tiny_checkpoint, sse_json, wait_until
 
+from dllm_jax.programs.config import DataSpec, ModelSpec, RLConfig, RLProgram
+from dllm_jax.programs.demo import DemoConfig, sft_program
 from dllm_jax.sampling import LLaDAConfig
 from dllm_jax.serve.settings import saved_generation, served_name
 from dllm_jax.tasks import get_puzzle
-from dllm_jax.train.demo import DemoConfig, sft_program
 from dllm_jax.train.loop import dump_config
 from dllm_jax.train.overrides import to_dict
-from dllm_jax.train.programs import DataSpec, ModelSpec, RLProgram
-from dllm_jax.train.rl import RLConfig
 
 RUN = "tiny-run"
 MAX_STEPS = 1_000_000

@@ -441,7 +441,7 @@ def test_sudoku_grid_split_parts_share_no_grid():
 
 
 def test_task_options_parse_and_refuse():
-    from dllm_jax.train.programs import DataSpec, task_options
+    from dllm_jax.programs.config import DataSpec, task_options
 
     assert task_options("grid_split=rl, min_blanks=4") == {"grid_split": "rl", "min_blanks": 4}
     with pytest.raises(ValueError, match="not name=value"):

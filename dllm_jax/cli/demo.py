@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dllm_jax.train.demo import DemoConfig, run_demo
+from dllm_jax.programs.demo import DemoConfig, run_demo
 
 
 def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 
 from dllm_jax.model.sharding import maybe_initialize_distributed
+from dllm_jax.programs.config import RLProgram, SFTProgram
+from dllm_jax.programs.run import run_rl, run_sft
 from dllm_jax.train.overrides import format_config, load_config
-from dllm_jax.train.programs import RLProgram, SFTProgram, run_rl, run_sft
 
 
 def add_train_parser(subparsers: argparse._SubParsersAction) -> None:

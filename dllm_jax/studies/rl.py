@@ -22,16 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from dllm_jax.data.sources import TaskSource
+from dllm_jax import programs
 from dllm_jax.errors import ConfigError
+from dllm_jax.programs.config import DataSpec, ModelSpec, RLConfig, RLProgram, SFTProgram
+from dllm_jax.programs.datasources import TaskSource
+from dllm_jax.programs.evaluate import evaluate
+from dllm_jax.programs.sanity import rl_curve
 from dllm_jax.sampling import LLaDAConfig
 from dllm_jax.tasks import get_puzzle
-from dllm_jax.train import programs
 from dllm_jax.train.config import CheckpointConfig, OptimConfig, TrainConfig
-from dllm_jax.train.demo import evaluate
-from dllm_jax.train.programs import DataSpec, ModelSpec, RLProgram, SFTProgram
-from dllm_jax.train.rl import RLConfig
-from dllm_jax.train.sanity import rl_curve
 from dllm_jax.weights.convert import from_pretrained
 
 # Each RL arm: the loss and what differs from its published defaults (docs/objectives.md).

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from dllm_jax.objectives import registry
 from dllm_jax.train.lora import LoRAConfig
 
 
@@ -91,37 +90,3 @@ class TrainConfig:
         if self.batch_size % self.optim.grad_accum:
             raise ValueError(f"batch_size {self.batch_size} is not divisible by "
                              f"optim.grad_accum {self.optim.grad_accum}")
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class SFTConfig:
-    """The SFT program's loss (the ``sft`` section): ``loss`` names an SFT loss of the registry
-    (``sft``: LLaDA's masked-diffusion SFT; ``agdo_sft``: AGDO's attention-ordered, influence
-    weighted SFT). A knob left None takes the chosen loss's published default (see
-    :meth:`resolved` and docs/objectives.md); a knob the loss does not have is an error.
-
-    Attributes:
-      loss: ``sft`` | ``agdo_sft``.
-      eps: ``sft``'s minimum masking probability.
-      gamma, n_per_step: ``agdo_sft``'s weight strength and tokens per attention-order step.
-    """
-
-    loss: str = "sft"
-    eps: float | None = None
-    gamma: float | None = None
-    n_per_step: int | None = None
-
-    def __post_init__(self):
-        self.loss_config()
-
-    def knobs(self) -> dict:
-        return {"eps": self.eps, "gamma": self.gamma, "n_per_step": self.n_per_step}
-
-    def loss_config(self):
-        """The loss's config: the knobs that are set over its published defaults."""
-        return registry.config_for("sft", self.loss, self.knobs())
-
-    def resolved(self) -> SFTConfig:
-        """This config with every knob of the loss filled in (what a run uses and prints)."""
-        return dataclasses.replace(self, **registry.resolved_knobs(self.loss_config(),
-                                                                   self.knobs()))

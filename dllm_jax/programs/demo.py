@@ -22,15 +22,15 @@ from typing import Any
 
 import numpy as np
 
+from dllm_jax import programs
 from dllm_jax.analysis.plot import plot_trajectory
 from dllm_jax.analysis.zones import zone_report
-from dllm_jax.data.sources import TaskSource
-from dllm_jax.sampling import LLaDAConfig, generate
+from dllm_jax.programs.config import DataSpec, ModelSpec, RLConfig, RLProgram, SFTProgram
+from dllm_jax.programs.datasources import TaskSource
+from dllm_jax.programs.evaluate import evaluate
+from dllm_jax.sampling import LLaDAConfig
 from dllm_jax.tasks import get_puzzle
-from dllm_jax.train import programs
 from dllm_jax.train.config import CheckpointConfig, OptimConfig, TrainConfig
-from dllm_jax.train.programs import DataSpec, ModelSpec, RLProgram, SFTProgram
-from dllm_jax.train.rl import RLConfig
 from dllm_jax.weights.convert import from_pretrained
 
 METHODS = ("sft", "rl_uniform", "rl_atpo", "rl_agdo")
@@ -82,19 +82,6 @@ def _log(msg: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def evaluate(model, source: TaskSource, remasking: str, *, record: bool = False, seed: int = 0):
-    """Accuracy on every row of ``source`` with one token per step at temperature 0 under the
-    ``remasking`` rule (random order for ``random``, AGDO's attention order for ``max_s``)."""
-    a = source.answer_length
-    cfg = LLaDAConfig(steps=a, gen_length=a, block_length=a, remasking=remasking,
-                      temperature=0.0)
-    rows = np.arange(source.num_prompts)
-    out = generate(model, source.prompts(rows), config=cfg, key=seed, record=record)
-    comp = np.asarray(out.sequences)[:, source.prompt_length:]
-    correct = source.rewards(rows, comp) >= 1.0
-    return float(correct.mean()), correct, out.trajectory
-
-
 def _train_config(steps: int, batch: int, lr: float, seed: int, every: int) -> TrainConfig:
     return TrainConfig(seed=seed, steps=steps, batch_size=batch, log_every=max(steps // 20, 1),
                        optim=OptimConfig(lr=lr, total_steps=steps, schedule="constant",
@@ -127,7 +114,7 @@ def rl_program(cfg: DemoConfig, method: str, init: Path, out: Path) -> RLProgram
 
 
 def sft_phase(cfg: DemoConfig, out: Path) -> tuple[Any, int]:
-    """SFT through :func:`~dllm_jax.train.programs.run_sft`, asked every ``sft_check_every``
+    """SFT through :func:`~dllm_jax.programs.run_sft`, asked every ``sft_check_every``
     steps to stop once the validation accuracy (train-pool puzzles drawn with another seed,
     greedy low-confidence decoding) reaches the target. Returns the model and its steps."""
     val = TaskSource.validation(cfg.task, cfg.seed, 256)
@@ -148,7 +135,7 @@ def sft_phase(cfg: DemoConfig, out: Path) -> tuple[Any, int]:
 
 
 def rl_phase(cfg: DemoConfig, method: str, init: Path, out: Path):
-    """RL ``method`` through :func:`~dllm_jax.train.programs.run_rl`; returns the model."""
+    """RL ``method`` through :func:`~dllm_jax.programs.run_rl`; returns the model."""
     t0 = time.perf_counter()
     model_dir = programs.run_rl(rl_program(cfg, method, init, out), overwrite=True, mesh=None)
     rewards = [json.loads(x).get("reward") for x in (out / "metrics.jsonl").read_text()

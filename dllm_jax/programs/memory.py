@@ -7,7 +7,7 @@ carry their ``NamedSharding`` (nothing is allocated), then read through XLA's
 - ``sft``: the train step (:func:`dllm_jax.train.step.make_train_step`) with
   :func:`~dllm_jax.train.step.sft_objective`.
 - ``rl``: the same train step with the RL loss of the registry
-  (:func:`dllm_jax.train.rl.make_rl_loss`) on abstract rows (inputs, tokens, attention mask,
+  (:func:`dllm_jax.programs.losses.make_rl_loss`) on abstract rows (inputs, tokens, attention mask,
   targets, advantages, rollout-policy and reference log-probs).
 - ``score``: the scoring of an RL step's rows (one forward over all of them, token
   log-probs), the pass the RL step's row program makes for the rollout policy and the
@@ -47,10 +47,11 @@ from dllm_jax import objectives as obj
 from dllm_jax.model import sharding as shd
 from dllm_jax.model.config import ModelConfig
 from dllm_jax.model.transformer import init_model
+from dllm_jax.programs.config import RLConfig
+from dllm_jax.programs.losses import make_rl_loss
 from dllm_jax.train import lora
 from dllm_jax.train import step as st
 from dllm_jax.train.config import OptimConfig
-from dllm_jax.train.rl import RLConfig, make_rl_loss
 
 GIB = 1024**3
 PROGRAMS = ("sft", "rl", "score", "sampler")

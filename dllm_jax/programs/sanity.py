@@ -2,7 +2,7 @@
 ``digitsum`` task (``dllm_jax.tasks.digitsum``), must raise the mean rollout reward from its
 start to a set level within a bounded number of RL steps (docs/training.md, "RL sanity check").
 
-Every loss runs the RL program (:func:`~dllm_jax.train.programs.run_rl`) with the same model
+Every loss runs the RL program (:func:`~dllm_jax.programs.run_rl`) with the same model
 seed, prompts and rollout keys and the same learning rate; the loss knobs keep their published
 defaults except the inner iterations, which are set to one for every loss so that each loss
 gets the same number of updates (d1's 12 would give diffu-GRPO twelve times as many).
@@ -18,12 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from dllm_jax import programs
+from dllm_jax.programs.config import DataSpec, ModelSpec, RLConfig, RLProgram
 from dllm_jax.sampling import LLaDAConfig
 from dllm_jax.tasks.digitsum import DigitSum
-from dllm_jax.train import programs
 from dllm_jax.train.config import CheckpointConfig, OptimConfig, TrainConfig
-from dllm_jax.train.programs import DataSpec, ModelSpec, RLProgram
-from dllm_jax.train.rl import RLConfig
 
 # The per-step metrics every RL run logs (metrics.jsonl), summarised per RL step.
 RL_METRICS = ("reward", "zero_var_groups", "kl", "clip_frac", "update_norm", "grad_norm",

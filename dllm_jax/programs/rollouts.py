@@ -1,18 +1,17 @@
-"""The RL loop: rollouts with trajectories, rewards, advantages, the loss's rows, policy loss.
+"""RL rollouts: one RL step's completions with their trajectories, rewards, advantages and
+the loss's rows, built on the devices.
 
 One RL step: G completions per prompt from the configured sampler (recording trajectories),
 rewards from a host function, group advantages, then the rows of the loss chosen by
 ``rl.loss`` from the loss registry (``dllm_jax.objectives.registry``), which says how to build
 them: trajectory states picked by ``rl.selector`` (``tracerl``), states following the
 attention-guided order the rollouts were decoded in (``agdo_rl``), or d1's one-step inputs
-(``diffu_grpo``, ``wd1``). The optimiser update runs through the sharded train step; the loop
-is driven by :class:`dllm_jax.train.Trainer`, so checkpoints, resume, progress and metrics are
-shared with SFT. The ``mu`` inner iterations of an RL step reuse its rollouts; d1's one-step
-rows are redrawn per inner iteration (a fresh prompt mask each), every draw scored under the
-rollout policy when the rollouts are made, as d1 does. Left-padded prompts keep their
-attention mask through rollouts, scoring and the loss. The arrays stay on the devices with the
-train mesh's shardings from the rollouts to the update; only the completions a process's
-rewards need go to its host (docs/training.md, "RL step: what runs where").
+(``diffu_grpo``, ``wd1``). The ``mu`` inner iterations of an RL step reuse its rollouts; d1's
+one-step rows are redrawn per inner iteration (a fresh prompt mask each), every draw scored
+under the rollout policy when the rollouts are made, as d1 does. Left-padded prompts keep
+their attention mask through rollouts, scoring and the loss. The arrays stay on the devices
+with the train mesh's shardings from the rollouts to the update; only the completions a
+process's rewards need go to its host (docs/training.md, "RL step: what runs where").
 """
 
 from __future__ import annotations
@@ -30,112 +29,10 @@ from jax.sharding import Mesh
 from dllm_jax import objectives as obj
 from dllm_jax.errors import ConfigError
 from dllm_jax.model import sharding as shd
-from dllm_jax.sampling import LLaDAConfig, generate
+from dllm_jax.programs.config import RLConfig
+from dllm_jax.programs.datasources import DataSource
+from dllm_jax.sampling import generate
 from dllm_jax.train import step as st
-
-# RLConfig fields that are knobs of the losses' configs (None: the loss's published default).
-LOSS_KNOBS = ("eps", "beta", "delta", "n_per_step", "advantage", "p_mask_prompt",
-              "inner_iterations")
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class RLConfig:
-    """Knobs of one RL run (the optimiser lives in ``TrainConfig.optim``).
-
-    Every loss knob left None takes the chosen loss's published default from the registry
-    (:meth:`resolved` fills them in; docs/objectives.md lists them); setting a knob the loss
-    does not have is an error.
-
-    Attributes:
-      prompts_per_step, group_size: rollouts per step = prompts * G.
-      loss: an RL loss of the registry: ``tracerl`` | ``agdo_rl`` | ``diffu_grpo`` | ``wd1``.
-      selector: for losses over selected states (``tracerl``): ``uniform`` (default) |
-        ``random`` | ``entropy`` | ``roec`` | ``cm`` | ``atpo``.
-      budget: K trajectory states per rollout (the same for every selector; default
-        ``ceil(T / shrinkage)`` of the loss); only for losses over states.
-      lam, rho: ATPO's hybrid weight and optional coverage mix.
-      inner_iterations: ``mu`` optimiser steps per batch of rollouts.
-      eps, beta: PPO clip and KL weight (``beta > 0`` keeps a frozen reference model, synced
-        every ``ref_sync_every`` RL steps; 0 = never).
-      delta, n_per_step: AGDO's advantage boost and tokens per attention-order step (AGDO-RL
-        rolls out in that order, so ``n_per_step`` must be the sampler's tokens per step).
-      advantage: ``zscore`` or ``center``.
-      p_mask_prompt: prompt masking rate of d1's one-step estimator.
-      sampler: rollout sampler (temperature > 0 for exploration); a loss that fixes the
-        decoding order replaces its rule (AGDO-RL: ``max_s``, see :meth:`resolved`).
-    """
-
-    prompts_per_step: int = 8
-    group_size: int = 8
-    loss: str = "tracerl"
-    selector: str | None = None
-    budget: int | None = None
-    lam: float = 0.5
-    rho: float | None = None
-    inner_iterations: int | None = None
-    eps: float | None = None
-    beta: float | None = None
-    ref_sync_every: int = 0
-    delta: float | None = None
-    n_per_step: int | None = None
-    advantage: str | None = None
-    p_mask_prompt: float | None = None
-    sampler: LLaDAConfig = LLaDAConfig(steps=8, gen_length=8, block_length=8, temperature=1.0)
-
-    def __post_init__(self):
-        cfg = self.loss_config()  # checks the loss name and the knobs
-        spec = obj.get_loss(self.loss)
-        if self.budget is not None and spec.state_steps is None:
-            raise ValueError(f"rl.budget does not apply to loss {self.loss!r} (one row per "
-                             "rollout)")
-        if self.selector is not None:
-            if not spec.selector:
-                raise ValueError(f"rl.selector does not apply to loss {self.loss!r}")
-            obj.get_selector(self.selector)
-        if self.prompts_per_step < 1 or self.group_size < 2:
-            raise ValueError("rl.prompts_per_step must be >= 1 and rl.group_size >= 2")
-        if self.budget is not None:
-            most = spec.state_steps(cfg, self.sampler.steps, self.sampler.gen_length)
-            if not 1 <= self.budget <= most:
-                raise ValueError(f"rl.budget must be in [1, {most}] (the steps loss "
-                                 f"{self.loss!r} draws states from), got {self.budget}")
-
-    def knobs(self) -> dict:
-        return {k: getattr(self, k) for k in LOSS_KNOBS}
-
-    def loss_config(self):
-        """The loss's config: the knobs that are set over its published defaults."""
-        return obj.config_for("rl", self.loss, self.knobs())
-
-    def resolved(self) -> RLConfig:
-        """This config with the loss's knobs, the budget, the selector and the rollout
-        sampler filled in (what a run uses and prints); idempotent.
-
-        Raises:
-          ConfigError: the sampler does not fit the loss's decoding order (AGDO-RL:
-            ``n_per_step`` tokens per step).
-        """
-        spec = obj.get_loss(self.loss)
-        cfg = self.loss_config()
-        budget, selector, sampler = self.budget, self.selector, self.sampler
-        if spec.state_steps is not None and budget is None:
-            budget = spec.default_budget(cfg, sampler.steps, sampler.gen_length)
-        if spec.selector and selector is None:
-            selector = "uniform"
-        if spec.rollout_sampler is not None:
-            sampler = spec.rollout_sampler(sampler, cfg)
-        return dataclasses.replace(self, budget=budget, selector=selector, sampler=sampler,
-                                   **obj.resolved_knobs(cfg, self.knobs()))
-
-    @property
-    def rows_per_rollout(self) -> int:
-        """Training rows per rollout: K states, or 1 for one-step losses."""
-        return self.resolved().budget or 1
-
-    @property
-    def keeps_reference(self) -> bool:
-        """Whether the loss has a KL term, i.e. a frozen reference model (``beta > 0``)."""
-        return (self.resolved().beta or 0.0) > 0
 
 
 def _selector(cfg: RLConfig):
@@ -355,57 +252,18 @@ def _rows(params, ref_params, rollouts: dict[str, jax.Array], key: jax.Array, *,
     return [{k: jax.lax.with_sharding_constraint(v, batch) for k, v in d.items()} for d in draws]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _agdo_order_jit(graphdef, params, seqs, n_per_step, resp, amask):
-    model = nnx.merge(graphdef, nnx.State(params))
-    _, aux = model.with_attention(seqs, amask, attn_mean=True)
-    real = jnp.ones(seqs.shape, bool) if amask is None else amask.astype(bool)
-    order = obj.attention_order(aux["attn_mean"], real & ~resp, resp, n_per_step)
-    return order, aux["I"]
 
+def rollout_batcher(rl: RLConfig, source: DataSource, seed: int) -> RolloutBatcher:
+    """The RL program's rollouts from ``source``: ``rl.prompts_per_step`` distinct prompts per
+    RL step (a pure function of the seed and the step) with their attention masks, G rollouts
+    each, scored by the source's rewards. Call ``attach(trainer)`` before use."""
 
-def agdo_order(graphdef, params, seqs, p_len: int, n_per_step: int,
-               attention_mask: jax.Array | None = None):
-    """AGDO's attention order of the generated positions ``[B, L - p_len]`` and the influence
-    ``I_k`` ``[B, L]``, from one last-layer attention pass of the model on ``seqs``.
-    ``attention_mask`` (1 on real tokens) keeps prompt padding out of the pass and out of the
-    initial committed set ``U``; padded keys get influence 0."""
-    r, length = seqs.shape
-    resp = jnp.zeros((r, length), bool).at[:, p_len:].set(True)
-    order, infl = _agdo_order_jit(graphdef, params, seqs, n_per_step, resp, attention_mask)
-    return order[:, p_len:], infl
+    def rows(step: int) -> np.ndarray:
+        return np.random.default_rng([seed, 7, step]).choice(
+            source.num_prompts, rl.prompts_per_step, replace=False)
 
+    def reward_fn(step: int, rollouts: np.ndarray, completions: np.ndarray) -> np.ndarray:
+        return source.rewards(rows(step)[rollouts // rl.group_size], completions)
 
-def make_rl_loss(cfg: RLConfig, num_rollouts: int):
-    """``loss_fn(model, batch, key)`` for the train step: the registry loss of ``cfg.loss``.
-
-    Args:
-      cfg: the RL config (resolved here).
-      num_rollouts: rollouts per RL step (``prompts_per_step * group_size``).
-
-    With gradient accumulation the train step averages the micro-batches' losses, so each
-    micro-batch's trajectory loss is taken over the rollouts it holds (its share of the step's
-    rows): the accumulated gradient then equals the full batch's. The rows carry every random
-    draw (d1's prompt masks are drawn with the rollouts), so the step's key is not used; the
-    rows' attention mask keeps prompt padding out of the forward pass.
-    """
-    cfg = cfg.resolved()
-    if num_rollouts != cfg.prompts_per_step * cfg.group_size:
-        raise ValueError(f"num_rollouts {num_rollouts} is not prompts_per_step * group_size = "
-                         f"{cfg.prompts_per_step * cfg.group_size}")
-    spec = obj.get_loss(cfg.loss)
-    loss_cfg = cfg.loss_config()
-    rows_per_step = num_rollouts * cfg.rows_per_rollout
-
-    def loss_fn(model, batch, key):
-        logp = obj.token_logprobs(
-            obj.aligned(model, batch["inputs"], batch["attention_mask"]), batch["tokens"])
-        share = batch["inputs"].shape[0] / rows_per_step
-        loss, aux = spec.loss(loss_cfg, logp, batch, num_rollouts=num_rollouts * share,
-                              group_size=cfg.group_size)
-        aux = {**aux, "reward": batch["reward"].mean()}
-        if "zero_var" in batch:  # the RL program's rows carry it (not hand-made batches)
-            aux["zero_var_groups"] = batch["zero_var"].mean()
-        return loss, aux
-
-    return loss_fn
+    return RolloutBatcher(rl, lambda s: source.prompts(rows(s)), reward_fn, seed=seed,
+                          prompt_mask_fn=lambda s: source.prompt_mask(rows(s)))
