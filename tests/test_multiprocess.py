@@ -97,7 +97,8 @@ def _child(out: str, nproc: int, pid: int, port: int) -> None:
         return (completions == 7).mean(1) + (completions == 9).mean(1)
 
     rcfg = RLConfig(prompts_per_step=2, group_size=4, budget=2, selector="atpo",
-                    sampler=LLaDAConfig(steps=4, gen_length=4, block_length=4, temperature=1.0))
+                    sampler=LLaDAConfig(steps=4, gen_length=4, block_length=4,
+                                        temperature=1.0)).resolved()
     batcher = RolloutBatcher(rcfg, lambda s: np.random.default_rng([5, s]).integers(2, 60, (2, 4)),
                              reward_fn, seed=3)
     rl_cfg = TrainConfig(seed=2, steps=RL_STEPS, batch_size=1, mesh=(1, 2, 2), log_every=1,

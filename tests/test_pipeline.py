@@ -403,7 +403,8 @@ def test_rl_on_a_file_keeps_the_prompts_attention_mask(tmp_path, shared_dir):
     model = sharpened(tiny_model("llada", seed=2, vocab_size=vocab, mask_token_id=vocab - 1,
                                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
     rl = RLConfig(loss="diffu_grpo", inner_iterations=1, prompts_per_step=3, group_size=2,
-                  sampler=LLaDAConfig(steps=4, gen_length=4, block_length=4, temperature=0.0))
+                  sampler=LLaDAConfig(steps=4, gen_length=4, block_length=4,
+                                      temperature=0.0)).resolved()
     batcher = rollout_batcher(rl, src, seed=0)
     loss_fn = make_rl_loss(rl, 6)
     batcher.attach(Trainer(TrainConfig(steps=1, batch_size=1), model, loss_fn, batcher,

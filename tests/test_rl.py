@@ -38,9 +38,10 @@ def _reward(step, rollouts, completions):
 
 
 def _config(prompts=2, group=4, temperature=1.0, **kw):
+    """A resolved RL config (what a run passes to the rollouts and the loss)."""
     return RLConfig(prompts_per_step=prompts, group_size=group,
                     sampler=LLaDAConfig(steps=4, gen_length=4, block_length=4,
-                                        temperature=temperature), **kw)
+                                        temperature=temperature), **kw).resolved()
 
 
 def _prompts(step, prompts=2):
@@ -260,6 +261,11 @@ def test_agdo_rl_rolls_out_with_the_attention_guided_rule():
     assert (cfg.sampler.remasking, cfg.sampler.cache) == ("max_s", "none")
     assert cfg.resolved() == cfg
     assert _config(loss="tracerl").resolved().sampler.remasking == "low_confidence"
+    raw = RLConfig(loss="tracerl", sampler=LLaDAConfig(steps=4, gen_length=4, block_length=4))
+    with pytest.raises(ConfigError, match="pass the resolved RL config"):
+        make_rl_loss(raw, raw.prompts_per_step * raw.group_size)
+    with pytest.raises(ConfigError, match="needs the resolved config"):
+        raw.rows_per_rollout  # noqa: B018
     with pytest.raises(ConfigError, match=r"rl.n_per_step \(1\) must be the rollout sampler's "
                                           "tokens per step"):
         RLConfig(loss="agdo_rl", sampler=LLaDAConfig(steps=4, gen_length=8,

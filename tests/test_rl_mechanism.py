@@ -40,7 +40,7 @@ def rl_config(loss: str, beta: float) -> RLConfig:
         kw["delta"] = DELTA
     return RLConfig(loss=loss, prompts_per_step=NPROMPT, group_size=G, inner_iterations=1,
                     sampler=LLaDAConfig(steps=A, gen_length=A, block_length=A,
-                                        temperature=1.0), **kw)
+                                        temperature=1.0), **kw).resolved()
 
 
 def raw_logp(model, inputs, tokens, amask):

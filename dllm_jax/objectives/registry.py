@@ -318,34 +318,6 @@ def _attention_guided_sampler(sampler: Any, cfg: AGDORLConfig) -> Any:
     return dataclasses.replace(sampler, remasking="max_s", cache="none")
 
 
-# ----------------------------------------------------------------------------- loss calls
-# ``(fn, kwargs from the config, logp of the rows, rows, num_rollouts, group_size)``
-def _call_sft(fn, kw, logp, rows, num_rollouts, group_size):
-    return fn(logp, rows["masked"], rows["p_mask"], rows["response_mask"], **kw)
-
-
-def _call_agdo_sft(fn, kw, logp, rows, num_rollouts, group_size):
-    return fn(logp, rows["targets"], rows["influence"], **kw)
-
-
-def _call_diffu_grpo(fn, kw, logp, rows, num_rollouts, group_size):
-    return fn(logp, rows["old_logp"], rows.get("ref_logp"), rows["adv"], rows["targets"], **kw)
-
-
-def _call_tracerl(fn, kw, logp, rows, num_rollouts, group_size):
-    return fn(logp, rows["old_logp"], rows.get("ref_logp"), rows["adv"], rows["targets"],
-              num_rollouts, **kw)
-
-
-def _call_agdo_rl(fn, kw, logp, rows, num_rollouts, group_size):
-    return fn(logp, rows["old_logp"], rows.get("ref_logp"), rows["adv"], rows["influence"],
-              rows["targets"], num_rollouts, **kw)
-
-
-def _call_wd1(fn, kw, logp, rows, num_rollouts, group_size):
-    return fn(logp, rows["targets"], rows["adv"], group_size, **kw)
-
-
 # ----------------------------------------------------------------------------- the registry
 @dataclasses.dataclass(frozen=True)
 class LossSpec:
@@ -356,8 +328,11 @@ class LossSpec:
       fn: the pure loss function.
       program: ``"sft"`` or ``"rl"``, the training program that trains it.
       rows: ``(SFTBatch | Rollouts, config) -> rows`` the model scores (``inputs``,
-        ``tokens``, for RL the ``attention_mask`` too, and what :attr:`call` needs).
-      call: runs :attr:`fn` on the rows' log-probs (see :meth:`loss`).
+        ``tokens``, for RL the ``attention_mask`` too, and what :attr:`args` names).
+      args: :attr:`fn`'s positional arguments after the rows' log-probs, by name: a key of
+        the rows (an absent one passes None: the reference log-probs without a KL term), or
+        ``num_rollouts`` / ``group_size`` (see :meth:`loss`); the config's fields that are
+        keyword arguments of :attr:`fn` follow.
       state_steps: for losses over trajectory states, ``(config, sampler steps, generation
         length) -> T``, the steps the K states are drawn from (the default K is
         ``ceil(T / config.shrinkage)``); None: one row per rollout (``rl.budget`` does not
@@ -375,7 +350,7 @@ class LossSpec:
     fn: Callable[..., Any]
     program: str
     rows: Callable[[Any, Any], Rows]
-    call: Callable[..., tuple[jax.Array, dict]]
+    args: tuple[str, ...]
     state_steps: Callable[[Any, int, int], int] | None = None
     selector: bool = False
     redraw: bool = False
@@ -396,25 +371,31 @@ class LossSpec:
         ``num_rollouts``: rollouts the rows come from (the trajectory losses sum over a
         rollout's states and average over rollouts); ``group_size``: rollouts per prompt.
         """
-        return self.call(self.fn, self.loss_kwargs(cfg), logp, rows, num_rollouts, group_size)
+        counts = {"num_rollouts": num_rollouts, "group_size": group_size}
+        args = [counts[a] if a in counts else rows.get(a) for a in self.args]
+        return self.fn(logp, *args, **self.loss_kwargs(cfg))
 
     def default_budget(self, cfg: Any, steps: int, gen_length: int) -> int:
         """``ceil(T / shrinkage)`` states per rollout (see :attr:`state_steps`)."""
         return max(1, math.ceil(self.state_steps(cfg, steps, gen_length) / cfg.shrinkage))
 
 
+_POLICY = ("old_logp", "ref_logp", "adv")  # the policy-gradient losses' first arguments
 LOSSES: dict[str, LossSpec] = {
-    "sft": LossSpec(LLaDASFTConfig, losses.sft_loss, "sft", _forward_masked_rows, _call_sft),
+    "sft": LossSpec(LLaDASFTConfig, losses.sft_loss, "sft", _forward_masked_rows,
+                    ("masked", "p_mask", "response_mask")),
     "agdo_sft": LossSpec(AGDOSFTConfig, agdo.agdo_sft_loss, "sft", _order_state_rows,
-                         _call_agdo_sft),
+                         ("targets", "influence")),
     "diffu_grpo": LossSpec(DiffuGRPOConfig, losses.diffu_grpo_loss, "rl", _one_step_scored_rows,
-                           _call_diffu_grpo, redraw=True),
+                           (*_POLICY, "targets"), redraw=True),
     "tracerl": LossSpec(TraceRLConfig, losses.tracerl_loss, "rl", _selected_state_rows,
-                        _call_tracerl, state_steps=_sampler_steps, selector=True),
-    "wd1": LossSpec(WD1Config, losses.wd1_loss, "rl", _one_step_rows, _call_wd1, redraw=True),
+                        (*_POLICY, "targets", "num_rollouts"), state_steps=_sampler_steps,
+                        selector=True),
+    "wd1": LossSpec(WD1Config, losses.wd1_loss, "rl", _one_step_rows,
+                    ("targets", "adv", "group_size"), redraw=True),
     "agdo_rl": LossSpec(AGDORLConfig, agdo.agdo_rl_loss, "rl", _attention_state_rows,
-                        _call_agdo_rl, state_steps=_sampler_steps,
-                        rollout_sampler=_attention_guided_sampler),
+                        (*_POLICY, "influence", "targets", "num_rollouts"),
+                        state_steps=_sampler_steps, rollout_sampler=_attention_guided_sampler),
 }
 
 
@@ -430,6 +411,13 @@ def loss_names(program: str) -> list[str]:
     if program not in PROGRAMS:
         raise ValueError(f"program must be one of {PROGRAMS}, got {program!r}")
     return sorted(name for name, spec in LOSSES.items() if spec.program == program)
+
+
+def knob_names(program: str) -> tuple[str, ...]:
+    """Every config field of the ``program``'s losses, in registry order: the knobs a program
+    section (``sft.*`` / ``rl.*``) may set."""
+    names = [f.name for n in loss_names(program) for f in dataclasses.fields(LOSSES[n].config)]
+    return tuple(dict.fromkeys(names))
 
 
 def config_for(program: str, name: str, knobs: Mapping[str, Any]) -> Any:

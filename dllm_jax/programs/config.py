@@ -12,11 +12,24 @@ import dataclasses
 from typing import Any
 
 from dllm_jax import objectives as obj
+from dllm_jax.errors import ConfigError
 from dllm_jax.objectives import registry
 from dllm_jax.programs.datasources import REWARDS
 from dllm_jax.sampling import LLaDAConfig
 from dllm_jax.tasks import get_puzzle
 from dllm_jax.train.config import CheckpointConfig, OptimConfig, TrainConfig
+
+
+def _declares_knobs(cls: type, knobs: tuple[str, ...]) -> type:
+    """``cls``, checked to have a field for every loss knob of its program (a loss added to
+    the registry with a new knob needs one here: the CLI, YAML and docs read these fields)."""
+    missing = [k for k in knobs if k not in {f.name for f in dataclasses.fields(cls)}]
+    if missing:
+        raise TypeError(f"{cls.__name__} has no field for the registry's loss knobs {missing}")
+    return cls
+
+
+SFT_KNOBS = registry.knob_names("sft")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -41,7 +54,7 @@ class SFTConfig:
         self.loss_config()
 
     def knobs(self) -> dict:
-        return {"eps": self.eps, "gamma": self.gamma, "n_per_step": self.n_per_step}
+        return {k: getattr(self, k) for k in SFT_KNOBS}
 
     def loss_config(self):
         """The loss's config: the knobs that are set over its published defaults."""
@@ -53,9 +66,11 @@ class SFTConfig:
                                                                    self.knobs()))
 
 
+_declares_knobs(SFTConfig, SFT_KNOBS)
+
 # RLConfig fields that are knobs of the losses' configs (None: the loss's published default).
-LOSS_KNOBS = ("eps", "beta", "delta", "n_per_step", "advantage", "p_mask_prompt",
-              "inner_iterations")
+# (``shrinkage`` is not one: ``rl.budget`` sets the number of states directly.)
+LOSS_KNOBS = tuple(k for k in registry.knob_names("rl") if k != "shrinkage")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -147,15 +162,42 @@ class RLConfig:
         return dataclasses.replace(self, budget=budget, selector=selector, sampler=sampler,
                                    **obj.resolved_knobs(cfg, self.knobs()))
 
+    def check_resolved(self) -> RLConfig:
+        """This config, which must be :meth:`resolved` (a run resolves its program once and
+        passes the result down: the rollouts and the loss refuse anything else).
+
+        Raises:
+          ConfigError: a loss knob, the budget, the selector or the rollout sampler is not
+            what :meth:`resolved` gives.
+        """
+        if self.resolved() != self:
+            raise ConfigError("pass the resolved RL config (RLConfig.resolved(), which "
+                              "RLProgram.resolved() calls) to the rollouts and the loss")
+        return self
+
+    def _filled(self) -> RLConfig:
+        spec = obj.get_loss(self.loss)
+        own = {f.name for f in dataclasses.fields(spec.config)}
+        if (any(getattr(self, k) is None for k in LOSS_KNOBS if k in own)
+                or (spec.state_steps is not None and self.budget is None)):
+            raise ConfigError("this RLConfig property needs the resolved config "
+                              "(RLConfig.resolved())")
+        return self
+
     @property
     def rows_per_rollout(self) -> int:
-        """Training rows per rollout: K states, or 1 for one-step losses."""
-        return self.resolved().budget or 1
+        """Training rows per rollout of a resolved config: K states, or 1 for one-step
+        losses."""
+        return self._filled().budget or 1
 
     @property
     def keeps_reference(self) -> bool:
-        """Whether the loss has a KL term, i.e. a frozen reference model (``beta > 0``)."""
-        return (self.resolved().beta or 0.0) > 0
+        """Whether the loss of a resolved config has a KL term, i.e. a frozen reference model
+        (``beta > 0``)."""
+        return (self._filled().beta or 0.0) > 0
+
+
+_declares_knobs(RLConfig, LOSS_KNOBS)
 
 
 def task_options(text: str) -> dict[str, Any]:

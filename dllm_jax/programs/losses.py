@@ -39,7 +39,7 @@ def make_rl_loss(cfg: RLConfig, num_rollouts: int):
     """``loss_fn(model, batch, key)`` for the train step: the registry loss of ``cfg.loss``.
 
     Args:
-      cfg: the RL config (resolved here).
+      cfg: the resolved RL config.
       num_rollouts: rollouts per RL step (``prompts_per_step * group_size``).
 
     With gradient accumulation the train step averages the micro-batches' losses, so each
@@ -48,7 +48,7 @@ def make_rl_loss(cfg: RLConfig, num_rollouts: int):
     draw (d1's prompt masks are drawn with the rollouts), so the step's key is not used; the
     rows' attention mask keeps prompt padding out of the forward pass.
     """
-    cfg = cfg.resolved()
+    cfg.check_resolved()
     if num_rollouts != cfg.prompts_per_step * cfg.group_size:
         raise ValueError(f"num_rollouts {num_rollouts} is not prompts_per_step * group_size = "
                          f"{cfg.prompts_per_step * cfg.group_size}")

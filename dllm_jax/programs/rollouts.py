@@ -57,7 +57,7 @@ class RolloutBatcher:
     parameters with their shardings (with LoRA only the adapters: the base is shared).
 
     Args:
-      cfg: the RL config (resolved here).
+      cfg: the resolved RL config.
       prompt_fn: ``rl_step -> int array [prompts_per_step, P]`` (fixed P, left-padded); every
         process returns the same prompts.
       reward_fn: ``(rl_step, rollouts [n] ints, completions [n, G_len] ints) -> rewards [n]``
@@ -72,7 +72,7 @@ class RolloutBatcher:
     def __init__(self, cfg: RLConfig, prompt_fn: Callable[[int], np.ndarray],
                  reward_fn: Callable[[int, np.ndarray, np.ndarray], np.ndarray], seed: int = 0,
                  *, prompt_mask_fn: Callable[[int], np.ndarray] | None = None):
-        self.cfg = cfg.resolved()
+        self.cfg = cfg.check_resolved()
         self.spec = obj.get_loss(self.cfg.loss)
         self.prompt_fn = prompt_fn
         self.prompt_mask_fn = prompt_mask_fn
