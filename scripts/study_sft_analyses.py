@@ -47,9 +47,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         if args.model:
             check_model_dir(args.model)
     except (ConfigError, ConversionError) as e:
-        ap.error(str(e))
+        raise SystemExit(f"study_sft_analyses: {e}") from None
     if not args.model and not args.quick:
-        ap.error("--model DIR is required (or --quick, which trains a toy model first)")
+        raise SystemExit("study_sft_analyses: --model DIR is required (or --quick, which "
+                         "trains a toy model first)")
     return args
 
 
