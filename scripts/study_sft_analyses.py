@@ -22,8 +22,8 @@ from pathlib import Path
 
 import jax
 
-from dllm_jax.data.sources import TaskSource
 from dllm_jax.errors import ConfigError, ConversionError
+from dllm_jax.programs.datasources import TaskSource
 from dllm_jax.studies import sft_analyses as sa
 from dllm_jax.tasks import get_puzzle
 from dllm_jax.weights.checkpoint import check_model_dir

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dllm_jax.data.sources import TaskSource
+from dllm_jax.programs.datasources import TaskSource
 from dllm_jax.sampling import LLaDAConfig, generate
 from dllm_jax.studies import sft_analyses as sa
 

@@ -7,7 +7,7 @@
   order with K times the samples and against best-of-K by path likelihood from the same pool,
   and how much ``log p(x | order)`` varies over random orders of the same ``x``.
 
-Scoring is :func:`dllm_jax.train.demo.evaluate` (greedy, one token per step) and the tasks'
+Scoring is :func:`dllm_jax.programs.evaluate` (greedy, one token per step) and the tasks'
 verifiers; the statistics are :mod:`dllm_jax.eval.stats` (bootstrap over items).
 """
 
@@ -24,18 +24,18 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from dllm_jax import programs
 from dllm_jax.analysis.zones import FEATURES, confusion_zones, zone_features
 from dllm_jax.analysis.zones import roec as rate_of_entropy_change
-from dllm_jax.data.sources import TaskSource
 from dllm_jax.eval.metrics import pass_at_k
 from dllm_jax.eval.stats import boot_mean, bootstrap_ci, cv_scores, rank_auc
 from dllm_jax.objectives.scoring import aligned
+from dllm_jax.programs.config import DataSpec, ModelSpec, SFTProgram
+from dllm_jax.programs.datasources import TaskSource
+from dllm_jax.programs.evaluate import evaluate
 from dllm_jax.sampling import IMHConfig, LLaDAConfig, generate
 from dllm_jax.sampling.imh import token_log_probs
-from dllm_jax.train import programs
 from dllm_jax.train.config import CheckpointConfig, OptimConfig, TrainConfig
-from dllm_jax.train.demo import evaluate
-from dllm_jax.train.programs import DataSpec, ModelSpec, SFTProgram
 
 TRAJECTORY_FIELDS = ("entropy", "margin", "roec", "valid")
 _CI_BOOT = 1000  # resamples of the intervals computed by a statistic of the items
