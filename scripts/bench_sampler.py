@@ -37,8 +37,8 @@ import numpy as np
 from flax import nnx
 
 from dllm_jax.sampling import DreamConfig, LLaDAConfig, generate
-from dllm_jax.sampling.loop import initial_canvas
-from dllm_jax.sampling.plan import propose, row_step_keys, select
+from dllm_jax.sampling.loop import Block, Carry, initial_canvas, schedule_arrays
+from dllm_jax.sampling.plan import row_keys_of
 from dllm_jax.sampling.record import Recorder
 from dllm_jax.weights import convert
 
@@ -113,22 +113,19 @@ def bare_forwards(graphdef, state, canvas_BL, amask_BL, plan):
 
 
 def sampler_step(plan, b: int, p: int, record: bool):
-    """The sampler's work on one step's logits, as ``loop.Block.commit`` runs it (keys, token
-    sampler, position scorer, transfer rule, canvas write, record), for the block at ``p``:
-    ``(logits [B, N, V], canvas [B, L], t, key) -> (canvas, commit record, step record)``."""
-    n = plan.block_length
+    """The sampler's work on one step's logits: ``loop.Block.commit`` (keys, token sampler,
+    position scorer, transfer rule, canvas write, record) for the first block, at prompt
+    width ``p``: ``(logits [B, N, V], canvas [B, L], t, key) -> (canvas, commit record, step
+    record)``."""
     rec = Recorder(record, False)
-    count = jnp.int32(0 if plan.counts is None else plan.counts[0][0])
+    counts, probs = schedule_arrays(plan)
 
     def step(logits_BNV, x_BL, t, key):
-        xb = x_BL[:, p:p + n]
-        cand = xb == plan.mask_id
-        tok_keys, pos_keys = row_step_keys(jax.random.split(key, b), t)
-        x0, conf, probs = propose(logits_BNV, tok_keys, pos_keys, plan)
-        sel = select(conf, cand, count, pos_keys, plan, t < 0, jnp.float32(0.5))
-        commits = rec.commit(rec.empty(b, plan.gen_length), sel, jnp.int32(0), t, probs, x0,
-                             None)
-        return x_BL.at[:, p:p + n].set(jnp.where(sel, x0, xb)), commits, rec.step(sel, probs, cand)
+        block = Block(plan, row_keys_of(key, b), counts, probs, rec, jnp.int32(0), jnp.int32(p),
+                      p)
+        carry, stats = block.commit(Carry(x_BL, rec.empty(b, plan.gen_length)),
+                                    t % plan.steps_per_block, logits_BNV, None)
+        return carry.canvas_BL, carry.commits, stats
 
     return step
 

@@ -69,7 +69,7 @@ def chain(lp_BK: jax.Array, lq_BK: jax.Array, u_BK: jax.Array, alpha: float
     return cur, acc / max(k - 1, 1)
 
 
-def token_log_probs(logits_RNV: jax.Array, tokens_RN: jax.Array, mask_id: int,
+def sampling_log_probs(logits_RNV: jax.Array, tokens_RN: jax.Array, mask_id: int,
                     temperature: float = 1.0) -> jax.Array:
     """``log softmax(logits / temperature)`` of ``tokens_RN`` with MASK excluded (it is never
     sampled), ``[R, N]``."""
@@ -98,8 +98,8 @@ def propose_block(model, x_RL: jax.Array, amask_RL: jax.Array, start: jax.Array,
         x0, conf, _ = propose(logits, tok_keys, pos_keys, plan)
         sel = select(conf, xb == plan.mask_id, counts[blk, j], pos_keys, plan, j == spb - 1,
                      jnp.float32(0.0))
-        lp_tok = token_log_probs(logits, x0, plan.mask_id)
-        lq_tok = token_log_probs(logits, x0, plan.mask_id, plan.tokens.temperature)
+        lp_tok = sampling_log_probs(logits, x0, plan.mask_id)
+        lq_tok = sampling_log_probs(logits, x0, plan.mask_id, plan.tokens.temperature)
         lp = lp + jnp.sum(jnp.where(sel, lp_tok, 0.0), -1)
         lq = lq + jnp.sum(jnp.where(sel, lq_tok, 0.0), -1)
         x = jax.lax.dynamic_update_slice_in_dim(x, jnp.where(sel, x0, xb), start, axis=1)
@@ -121,7 +121,7 @@ def left_to_right_log_prob(model, x_RL: jax.Array, amask_RL: jax.Array, start: j
         hidden = jnp.where(jnp.arange(n) >= i, plan.mask_id, xb)
         x = jax.lax.dynamic_update_slice_in_dim(x_RL, hidden, start, axis=1)
         logits = model(x, amask_RL, window=(start, n)).astype(jnp.float32)
-        return lp + token_log_probs(logits, xb, plan.mask_id)[:, i], None
+        return lp + sampling_log_probs(logits, xb, plan.mask_id)[:, i], None
 
     lp, _ = jax.lax.scan(position, jnp.zeros((x_RL.shape[0],), jnp.float32), jnp.arange(n))
     return lp

@@ -28,7 +28,6 @@ class Plan:
       num_blocks: ``G / N``.
       steps_per_block: step slots per block (``steps / num_blocks``; ``block_length`` under a
         confidence threshold, where a block runs until it is complete).
-      rule: the preset's position rule, by name (what ``scorer`` implements).
       tokens: proposes a token per position.
       scorer: ranks positions.
       transfer: picks the positions that commit.
@@ -44,7 +43,6 @@ class Plan:
     block_length: int
     num_blocks: int
     steps_per_block: int
-    rule: str
     tokens: TokenSampler
     scorer: PositionScorer
     transfer: TransferRule

@@ -24,7 +24,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
@@ -33,6 +33,8 @@ from dllm_jax.model.config import ModelConfig
 from dllm_jax.sampling.plan import Plan
 from dllm_jax.sampling.sources import ClassifierFreeGuidance, Guidance, NoGuidance, logits_source
 from dllm_jax.sampling.strategies import (
+    DREAM_RULES,
+    LLADA_RULES,
     CoinFlip,
     ConfidenceThreshold,
     GumbelMax,
@@ -45,8 +47,8 @@ from dllm_jax.sampling.strategies import (
     token_filters,
 )
 
-LLADA_REMASKING = ("low_confidence", "random", "tpp", "topk_margin", "entropy", "max_s")
-DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
+LLADA_REMASKING = tuple(LLADA_RULES)
+DREAM_ALGS = tuple(DREAM_RULES)
 CACHE_MODES = ("none", "prefix", "dual")
 IMH_PROPOSALS = ("random", "tpp")
 IMH_TARGETS = ("path", "canonical")
@@ -132,7 +134,6 @@ def _ids(model_config: ModelConfig, mask_id: int | None) -> _Ids:
 class _Decoding(NamedTuple):
     """What a preset's knobs select for one block of ``steps_per_block`` steps."""
 
-    rule: str
     tokens: TokenSampler
     scorer: PositionScorer
     transfer: TransferRule
@@ -148,9 +149,24 @@ class _BlockPreset(abc.ABC):
     geometry (``_blocks``), validates its own knobs after ``super().__post_init__()`` and says
     what its knobs select (``_decoding``)."""
 
+    # The decoding knobs a caller may set per request (the server's body fields): every
+    # field but the generation length and the token ids.
+    REQUEST_KNOBS: ClassVar[tuple[str, ...]] = ("steps", "block_length", "temperature", "top_p",
+                                                "top_k", "alg_temp", "cache")
+
     @abc.abstractmethod
     def _blocks(self) -> tuple[str, int, int]:
         """The length knob's name, the number of generated tokens and the block length."""
+
+    @property
+    def length_knob(self) -> str:
+        """The field that sets the number of generated tokens (``gen_length`` or
+        ``max_new_tokens``)."""
+        return self._blocks()[0]
+
+    def geometry(self) -> tuple[int, int]:
+        """``(G, N)``: generated tokens and block length."""
+        return self._blocks()[1:]
 
     @abc.abstractmethod
     def _decoding(self, ids: _Ids, block_length: int, steps_per_block: int) -> _Decoding:
@@ -184,7 +200,7 @@ class _BlockPreset(abc.ABC):
         ids = _ids(model_config, self.mask_id)
         d = self._decoding(ids, block, self.steps // blocks)
         return Plan(gen_length=length, block_length=block, num_blocks=blocks,
-                    steps_per_block=d.steps_per_block, rule=d.rule, tokens=d.tokens,
+                    steps_per_block=d.steps_per_block, tokens=d.tokens,
                     scorer=d.scorer, transfer=d.transfer, guidance=d.guidance,
                     cache=logits_source(self.cache, length, block), mask_id=ids.mask_id,
                     eos_id=ids.eos_id, pad_id=ids.pad_id,
@@ -255,6 +271,9 @@ class LLaDAConfig(_BlockPreset):
         _check(self.eot_token_id is None or self.eot_token_id >= 0,
                f"eot_token_id must be >= 0, got {self.eot_token_id}")
 
+    REQUEST_KNOBS: ClassVar[tuple[str, ...]] = (*_BlockPreset.REQUEST_KNOBS, "remasking",
+                                                "threshold")
+
     def _blocks(self) -> tuple[str, int, int]:
         return "gen_length", self.gen_length, self.block_length
 
@@ -281,7 +300,7 @@ class LLaDAConfig(_BlockPreset):
                            unscored_ids=self._unscored_ids(ids))
         guidance = (ClassifierFreeGuidance(float(self.cfg_scale), ids.mask_id)
                     if self.cfg_scale > 0 else NoGuidance())
-        return _Decoding(rule=self.remasking, tokens=tokens,
+        return _Decoding(tokens=tokens,
                          scorer=position_scorer(self.remasking, ids.mask_id), transfer=transfer,
                          guidance=guidance, steps_per_block=steps_per_block, counts=counts)
 
@@ -365,13 +384,15 @@ class DreamConfig(_BlockPreset):
         caller's arguments) on top."""
         return cls(**{**dream_checkpoint_knobs(model_dir), **overrides})
 
+    REQUEST_KNOBS: ClassVar[tuple[str, ...]] = (*_BlockPreset.REQUEST_KNOBS, "alg", "eps")
+
     def _blocks(self) -> tuple[str, int, int]:
         return "max_new_tokens", self.max_new_tokens, self.block_length or self.max_new_tokens
 
     def _decoding(self, ids: _Ids, block_length: int, steps_per_block: int) -> _Decoding:
         tokens = TemperedSoftmax(float(self.temperature), ids.mask_id,
                                  token_filters(self.top_p, self.top_k))
-        common = dict(rule=self.alg, tokens=tokens, scorer=position_scorer(self.alg, ids.mask_id),
+        common = dict(tokens=tokens, scorer=position_scorer(self.alg, ids.mask_id),
                       guidance=NoGuidance(), steps_per_block=steps_per_block)
         if self.alg == "origin":
             return _Decoding(**common, transfer=CoinFlip(),

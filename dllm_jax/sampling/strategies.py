@@ -24,6 +24,7 @@ tests can call them without a model. A new rule is a new class here plus its nam
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -335,18 +336,27 @@ PositionScorer = (SampledTokenProbability | RandomOrder | TopProbability | TopTw
                   | NegativeEntropy | AttentionMass)
 
 
+# The one table of position-rule names (``mask_id -> scorer``): LLaDA's ``remasking`` and
+# Dream's ``alg`` values (the presets validate against these keys).
+LLADA_RULES: dict[str, Callable[[int], PositionScorer]] = {
+    "low_confidence": lambda m: SampledTokenProbability(),
+    "random": lambda m: RandomOrder(),
+    "tpp": TopProbability,
+    "topk_margin": lambda m: TopTwoMargin(),
+    "entropy": lambda m: NegativeEntropy(),
+    "max_s": lambda m: AttentionMass(),
+}
+DREAM_RULES: dict[str, Callable[[int], PositionScorer]] = {
+    "origin": lambda m: RandomOrder(),
+    "maskgit_plus": lambda m: SampledTokenProbability(),
+    "topk_margin": lambda m: TopTwoMargin(),
+    "entropy": lambda m: NegativeEntropy(),
+}
+
+
 def position_scorer(rule: str, mask_id: int) -> PositionScorer:
-    """The scorer behind a remasking rule or Dream ``alg`` name (the one table of names)."""
-    return {
-        "low_confidence": SampledTokenProbability(),
-        "maskgit_plus": SampledTokenProbability(),
-        "random": RandomOrder(),
-        "origin": RandomOrder(),
-        "tpp": TopProbability(mask_id),
-        "topk_margin": TopTwoMargin(),
-        "entropy": NegativeEntropy(),
-        "max_s": AttentionMass(),
-    }[rule]
+    """The scorer behind a remasking rule or Dream ``alg`` name."""
+    return {**LLADA_RULES, **DREAM_RULES}[rule](mask_id)
 
 
 # --- transfer rules ------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from dllm_jax.serve.engine import Engine, Program, geometry
+from dllm_jax.serve.engine import Engine, Program
 from dllm_jax.serve.errors import (
     ModelNotFound,
     RequestError,
@@ -260,7 +260,7 @@ def create_app(engine: Engine, *, max_queue: int = 64, batch_wait_s: float = 0.0
         return {"object": "list", "data": [{"id": engine.name, "object": "model",
                                             "created": server.created, "owned_by": "dllm-jax"}]}
 
-    g, n = geometry(engine.defaults)
+    g, n = engine.defaults.geometry()
     generation = {"max_tokens": g, "block_length": engine.defaults.block_length and n,
                   "steps": engine.defaults.steps, "max_steps": engine.max_steps}
 

@@ -36,29 +36,18 @@ from dllm_jax.data.batching import DEFAULT_BUCKETS, bucket_for, left_pad
 from dllm_jax.data.tokenizer import load_tokenizer, render_prompt
 from dllm_jax.errors import ConfigError
 from dllm_jax.sampling import DreamConfig, LLaDAConfig, generate
+from dllm_jax.sampling.presets import PRESETS
 from dllm_jax.serve.errors import BatchDropped, RequestError
 from dllm_jax.serve.settings import served_name
 from dllm_jax.weights import from_pretrained
 
 ServedConfig = LLaDAConfig | DreamConfig
 
-# The sampler knobs a request may set, per preset (each is a field of the preset).
-COMMON_KNOBS = ("steps", "block_length", "temperature", "top_p", "top_k", "alg_temp", "cache")
-KNOBS: dict[type, tuple[str, ...]] = {
-    LLaDAConfig: COMMON_KNOBS + ("remasking", "threshold"),
-    DreamConfig: COMMON_KNOBS + ("alg", "eps"),
-}
-SAMPLER_NAMES = {LLaDAConfig: "llada", DreamConfig: "dream"}
+SERVED = (LLaDAConfig, DreamConfig)  # the presets a request's knobs apply to
+SAMPLER_NAMES = {cls: name for name, cls in PRESETS.items()}
 
 # emit(block_index, tokens [rows, N]) for the real rows of a batch.
 Emit = Callable[[int, np.ndarray], None]
-
-
-def geometry(config: ServedConfig) -> tuple[int, int]:
-    """``(G, N)``: generated tokens and block length of a preset."""
-    if isinstance(config, LLaDAConfig):
-        return config.gen_length, config.block_length
-    return config.max_new_tokens, config.block_length or config.max_new_tokens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +60,7 @@ class Program:
 
     @property
     def num_blocks(self) -> int:
-        g, n = geometry(self.config)
+        g, n = self.config.geometry()
         return g // n
 
 
@@ -188,12 +177,12 @@ class Engine:
     def __init__(self, model: nnx.Module, tokenizer: Any, *, name: str, defaults: ServedConfig,
                  prompt_buckets: Sequence[int] | None = None,
                  batch_sizes: Sequence[int] = (1, 4, 16), max_steps: int | None = None):
-        if type(defaults) not in KNOBS:
+        if type(defaults) not in SERVED:
             raise ConfigError("serve supports the llada and dream samplers, "
                               f"got {type(defaults).__name__}")
         if max_steps is not None and max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1, got {max_steps}")
-        g = geometry(defaults)[0]
+        g = defaults.geometry()[0]
         if defaults.steps > (max_steps or g):
             raise ConfigError(
                 f"the default steps ({defaults.steps}) exceed "
@@ -308,9 +297,9 @@ class Engine:
         Every bound (context, steps) is checked before the schedule is planned."""
         cls = type(self.defaults)
         for k in knobs:
-            if k not in KNOBS[cls]:
+            if k not in cls.REQUEST_KNOBS:
                 raise RequestError(f"{k} is not used by the {self.sampler} sampler", k)
-        default_g, default_n = geometry(self.defaults)
+        default_g, default_n = self.defaults.geometry()
         length = default_g if max_tokens is None else max_tokens
         if length < 1:
             raise RequestError(f"max_tokens must be >= 1, got {length}", "max_tokens")
@@ -327,8 +316,7 @@ class Engine:
             raise RequestError(f"the prompt has {prompt_length} tokens; the longest accepted is "
                                f"{self.prompt_buckets[-1]}", "prompt", "context_length_exceeded")
         steps = self._steps(knobs.get("steps"), g, block or g, default_g)
-        length_knob = "gen_length" if cls is LLaDAConfig else "max_new_tokens"
-        changes = {**knobs, length_knob: g, "block_length": block, "steps": steps}
+        changes = {**knobs, self.defaults.length_knob: g, "block_length": block, "steps": steps}
         if changes.get("top_p") == 1.0:  # the OpenAI default: no filtering, one program
             changes["top_p"] = None
         try:
@@ -373,7 +361,7 @@ class Engine:
         ids, mask = left_pad([list(p) for p in prompts], self.pad_id, buckets=(program.bucket,),
                              batch_buckets=self.batch_sizes)
         seeds = [*seeds, *[0] * (len(ids) - len(seeds))]  # filler rows
-        _, n = geometry(program.config)
+        _, n = program.config.geometry()
         live = _InFlight(len(prompts), program.bucket, n, program.num_blocks, emit, keep_going)
         with self._lock:  # one batch at a time: the host callback reports to it
             self._in_flight = live

@@ -12,11 +12,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from dllm_jax.sampling.presets import DreamConfig, LLaDAConfig
 from dllm_jax.serve.errors import RequestError
 
-# Sampler knobs a request may set besides temperature and top_p (see docs/serving.md).
-KNOB_FIELDS = ("steps", "block_length", "remasking", "alg", "threshold", "cache", "top_k",
-               "alg_temp", "eps")
+# Sampler knobs a request may set besides temperature and top_p (see docs/serving.md): those
+# of every served preset.
+KNOB_FIELDS = tuple(dict.fromkeys(k for cls in (LLaDAConfig, DreamConfig)
+                                  for k in cls.REQUEST_KNOBS if k not in ("temperature", "top_p")))
 
 
 class _Strict(BaseModel):

@@ -34,7 +34,7 @@ from dllm_jax.programs.config import DataSpec, ModelSpec, SFTProgram
 from dllm_jax.programs.datasources import TaskSource
 from dllm_jax.programs.evaluate import evaluate
 from dllm_jax.sampling import IMHConfig, LLaDAConfig, generate
-from dllm_jax.sampling.imh import token_log_probs
+from dllm_jax.sampling.imh import sampling_log_probs
 from dllm_jax.train.config import CheckpointConfig, OptimConfig, TrainConfig
 
 TRAJECTORY_FIELDS = ("entropy", "margin", "roec", "valid")
@@ -166,7 +166,7 @@ def _order_rows_logp(graphdef, state, tokens_RL, masked_RL, target_RL):
     model = nnx.merge(graphdef, state)
     mask_id = model.config.mask_token_id
     logits = aligned(model, jnp.where(masked_RL, mask_id, tokens_RL))
-    lp = token_log_probs(logits, tokens_RL, mask_id)
+    lp = sampling_log_probs(logits, tokens_RL, mask_id)
     return jnp.sum(jnp.where(target_RL, lp, 0.0), -1)
 
 
