@@ -13,7 +13,7 @@ costs a fraction of a second. An answer longer than :data:`MAX_ANSWER_CHARS` is 
 extracts as None, and a run of number characters longer than :data:`MAX_NUMBER_CHARS` is not
 a number.
 
-Math equivalence (:func:`math_equal`) conventions, checked by ``tests/test_eval_scoring.py``:
+Math equivalence (:func:`math_equal`) conventions, checked by ``tests/eval/test_eval_scoring.py``:
   * thousands separators are dropped (``1,000`` == ``1000``), but ``1,2`` stays a tuple;
   * a percentage equals both its number and its fraction (``50\\%`` == ``50`` == ``0.5``),
     which is what ``math-verify`` does and what MATH's graders accept;

@@ -15,7 +15,7 @@ import pytest
 from dllm_jax.objectives import loss_names
 from dllm_jax.tasks import get_puzzle
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_digitsum_reward_is_label_free_and_dense():

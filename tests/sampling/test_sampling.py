@@ -1,7 +1,7 @@
 """The compiled sampler's invariants, batching and compilation; the CLI's sampler flags.
 
 Agreement with the original implementations, token for token, is in
-tests/test_sampling_reference.py.
+tests/sampling/test_sampling_reference.py.
 """
 
 import argparse

@@ -1,7 +1,7 @@
 """The RL study (dllm_jax.studies.rl, rl_report; scripts/study_rl.py): the paired statistics
 against hand computation on made-up runs, the design checks, and the toy size end to end
 with its resume. The statistics themselves (dllm_jax.eval.stats) are tested in
-tests/test_stats.py."""
+tests/eval/test_stats.py."""
 
 import json
 import math
@@ -18,7 +18,7 @@ from dllm_jax.errors import ConfigError
 from dllm_jax.studies import rl_report
 from dllm_jax.studies.rl import Design, run_study
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _fake(acc: dict[str, list[float]], n: int = 40, seed: int = 0) -> dict:

@@ -355,7 +355,7 @@ def test_every_registered_loss_trains_through_its_program(tmp_path, tiny_init, m
 def test_shipped_configs_load(name, tmp_path):
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
+    path = Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml"
     cls = SFTProgram if name.startswith("sft") else RLProgram
     prog = load_config(cls, path)
     assert prog.data.task == "addition"

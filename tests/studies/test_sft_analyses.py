@@ -18,7 +18,7 @@ from dllm_jax.programs.datasources import TaskSource
 from dllm_jax.sampling import LLaDAConfig, generate
 from dllm_jax.studies import sft_analyses as sa
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "study_sft_analyses.py"
 
 

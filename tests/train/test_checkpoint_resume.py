@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 STEPS = 24
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _child(out: str, resume: bool) -> None:

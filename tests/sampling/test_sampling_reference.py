@@ -1,5 +1,5 @@
 """Token-exact agreement of ``generate`` with loops written from the original implementations
-(tests/sampling_references.py: ML-GSAI/LLaDA ``generate.py``, NVlabs/Fast-dLLM's LLaDA
+(tests/sampling/sampling_references.py: ML-GSAI/LLaDA ``generate.py``, NVlabs/Fast-dLLM's LLaDA
 samplers, Dream's ``diffusion_generate`` under transformers 4.46.2), compared raw, at
 temperature 0 and, with the sampler's own random draws fed to the references, above it; the
 defaults Dream resolves; ``confidence_eos_eot_inf`` never leaving a MASK.

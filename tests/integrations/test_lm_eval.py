@@ -1,6 +1,6 @@
 """The ``dllm_jax`` model of lm-evaluation-harness, end to end on local tasks.
 
-The tasks are ``tests/data/lm_eval/*.yaml`` over the jsonl file beside them (nothing is
+The tasks are ``tests/integrations/lm_eval_tasks/*.yaml`` over the jsonl file beside them (nothing is
 downloaded); the model is a tiny random checkpoint with the character tokenizer.
 """
 
@@ -28,8 +28,8 @@ from dllm_jax.model.transformer import init_model  # noqa: E402
 from dllm_jax.sampling import LLaDAConfig, generate  # noqa: E402
 from dllm_jax.weights import save_checkpoint  # noqa: E402
 
-TASKS = Path(__file__).parent / "data" / "lm_eval"
-REPO = Path(__file__).resolve().parents[1]
+TASKS = Path(__file__).parent / "lm_eval_tasks"
+REPO = Path(__file__).resolve().parents[2]
 SAMPLER = dict(steps=4, gen_length=4, block_length=4, temperature=1.0)  # draws use the keys
 
 

@@ -15,7 +15,7 @@ from dllm_jax.programs.config import RLConfig
 from dllm_jax.sampling import LLaDAConfig
 from dllm_jax.train.lora import LoRAConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # The tiny config's parameters (float32) on a (data 2, fsdp 4, tensor 1) mesh, counted by hand:
 # matrices have their ``embed`` dimension (32) split 4 ways, norms are replicated.

@@ -1,4 +1,4 @@
-"""Loops written from the original implementations, for tests/test_sampling_reference.py.
+"""Loops written from the original implementations, for tests/sampling/test_sampling_reference.py.
 
 Each reference follows its original's code (torch on CPU, as the original runs it) and
 calls only the model's aligned logits (``denoise_step``, or the model's own ``prefill`` /

@@ -3,7 +3,7 @@ few sharded SFT steps and then a few RL steps through the Trainer and end with t
 parameters as one process with 4 devices. The RL steps roll out under the training mesh (each
 process holds and scores its own rollouts; no parameter is gathered).
 
-This file is also the child script: ``python tests/test_multiprocess.py OUT NPROC PID PORT``.
+This file is also the child script: ``python tests/train/test_multiprocess.py OUT NPROC PID PORT``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 STEPS = 4
 RL_STEPS = 2
 ROWS = 8
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _batch(seed: int, step: int) -> dict[str, np.ndarray]:
