@@ -113,10 +113,11 @@ def rl_program(cfg: DemoConfig, method: str, init: Path, out: Path) -> RLProgram
                                          every=max(cfg.rl_steps, 1)), rl=rl)
 
 
-def sft_phase(cfg: DemoConfig, out: Path) -> tuple[Any, int]:
+def sft_phase(cfg: DemoConfig, out: Path) -> tuple[Any, dict[str, float]]:
     """SFT through :func:`~dllm_jax.programs.run_sft`, asked every ``sft_check_every``
     steps to stop once the validation accuracy (train-pool puzzles drawn with another seed,
-    greedy low-confidence decoding) reaches the target. Returns the model and its steps."""
+    greedy low-confidence decoding) reaches the target. Returns the model and the last check
+    (``steps``, validation ``accuracy``)."""
     val = TaskSource.validation(cfg.task, cfg.seed, 256)
     t0 = time.perf_counter()
     seen = {"steps": 0, "accuracy": 0.0}
@@ -129,9 +130,11 @@ def sft_phase(cfg: DemoConfig, out: Path) -> tuple[Any, int]:
         return acc >= cfg.sft_target_accuracy
 
     model_dir = programs.run_sft(sft_program(cfg, out), overwrite=True, stop=stop, mesh=None)
+    reached = seen["accuracy"] >= cfg.sft_target_accuracy
     _log(f"SFT stopped after {seen['steps']} steps ({time.perf_counter() - t0:.0f}s), "
-         f"validation accuracy {seen['accuracy']:.3f} (target {cfg.sft_target_accuracy})")
-    return from_pretrained(model_dir), seen["steps"]
+         f"validation accuracy {seen['accuracy']:.3f} (target {cfg.sft_target_accuracy}: "
+         f"{'reached' if reached else 'NOT reached'})")
+    return from_pretrained(model_dir), seen
 
 
 def rl_phase(cfg: DemoConfig, method: str, init: Path, out: Path):
@@ -153,13 +156,16 @@ def run_demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     _log(f"task {cfg.task}: {cfg.num_train} train / {test.num_prompts} held-out examples, "
          f"prompt {test.prompt_length} + answer {test.answer_length} tokens; e.g. "
          f"{test.examples[0].prompt!r} -> {test.examples[0].answer!r}")
-    model, sft_steps = sft_phase(cfg, out / "sft")
+    model, seen = sft_phase(cfg, out / "sft")
     results: dict[str, Any] = {"task": cfg.task, "seed": cfg.seed,
-                               "config": dataclasses.asdict(cfg), "sft_steps": sft_steps,
+                               "config": dataclasses.asdict(cfg), "sft_steps": seen["steps"],
+                               "sft_validation": seen["accuracy"],
+                               "sft_target_reached": seen["accuracy"] >= cfg.sft_target_accuracy,
                                "accuracy": {}}
-    acc, correct, traj = evaluate(model, test, "low_confidence", record=True, seed=cfg.seed)
-    results["accuracy"]["sft"] = {"low_confidence": acc, **{
-        r: evaluate(model, test, r, seed=cfg.seed)[0] for r in EVAL_RULES["sft"][1:]}}
+    _, correct, traj = evaluate(model, test, "low_confidence", record=True, seed=cfg.seed)
+    scores = {"sft": {"low_confidence": correct, **{
+        r: evaluate(model, test, r, seed=cfg.seed)[1] for r in EVAL_RULES["sft"][1:]}}}
+    results["accuracy"]["sft"] = {r: float(c.mean()) for r, c in scores["sft"].items()}
     _log(f"SFT held-out accuracy: {results['accuracy']['sft']}")
     zones = zone_report(traj, correct)
     wrong = int(np.argmin(correct)) if not correct.all() else 0
@@ -172,9 +178,11 @@ def run_demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
          + ", ".join(f"{k} {v:.2f}" for k, v in zones["auc"].items()))
     for method in METHODS[1:]:
         rl_model = rl_phase(cfg, method, out / "sft" / "model", out / method)
-        results["accuracy"][method] = {r: evaluate(rl_model, test, r, seed=cfg.seed)[0]
-                                       for r in EVAL_RULES[method]}
+        scores[method] = {r: evaluate(rl_model, test, r, seed=cfg.seed)[1]
+                          for r in EVAL_RULES[method]}
+        results["accuracy"][method] = {r: float(c.mean()) for r, c in scores[method].items()}
         _log(f"{method} held-out accuracy: {results['accuracy'][method]}")
+    results["intervals"] = intervals(scores, cfg.seed)
     results["seconds"] = time.perf_counter() - t_start
     results["machine"] = f"{platform.machine()}, python {platform.python_version()}"
     (out / "results.json").write_text(json.dumps(results, indent=2))
@@ -182,19 +190,50 @@ def run_demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     return results
 
 
+def intervals(scores: dict[str, dict[str, np.ndarray]], seed: int) -> dict[str, Any]:
+    """Per method and rule, the accuracy's 95% bootstrap interval over the test puzzles and
+    the paired difference to the SFT model in the same rule (same puzzles) with its
+    interval."""
+    from dllm_jax.eval.stats import boot_mean, paired  # SciPy: only once there are results
+
+    out: dict[str, Any] = {"accuracy": {}, "vs_sft": {}}
+    for m, by_rule in scores.items():
+        out["accuracy"][m] = {r: boot_mean(c.astype(float), 2000, seed)["ci95"]
+                              for r, c in by_rule.items()}
+        if m != "sft":
+            out["vs_sft"][m] = {r: paired(c.astype(float) - scores["sft"][r], None, 2000, seed)
+                                for r, c in by_rule.items() if r in scores["sft"]}
+    return out
+
+
 def report_markdown(res: dict[str, Any]) -> str:
     cfg = res["config"]
+    target = ("reached" if res["sft_target_reached"] else "**not reached**: SFT ran out of "
+              "steps first")
+    iv = res["intervals"]
     lines = [f"# dllm-jax demo: {res['task']}", "",
              f"Seed {res['seed']}; {res['seconds']:.0f} s on {res['machine']}. SFT stopped after "
-             f"{res['sft_steps']} steps (validation accuracy target "
-             f"{cfg['sft_target_accuracy']}). Held-out "
-             f"accuracy (exact answer) over {cfg['num_test']} puzzles, greedy decoding, one "
-             "token per step.", "",
+             f"{res['sft_steps']} steps at validation accuracy {res['sft_validation']:.3f} "
+             f"(target {cfg['sft_target_accuracy']}: {target}). Held-out accuracy (exact "
+             f"answer) over {cfg['num_test']} puzzles, greedy decoding, one token per step, "
+             "with its 95% bootstrap interval over the puzzles; for the RL models also the "
+             "paired difference to the SFT model in the same order (same puzzles) and its "
+             "interval. The intervals cover test-set noise only (one seed).", "",
              "| method | low_confidence | random | max_s |", "|---|---|---|---|"]
+
+    def cell(m: str, r: str) -> str:
+        if r not in res["accuracy"][m]:
+            return "-"
+        lo, hi = iv["accuracy"][m][r]
+        text = f"{res['accuracy'][m][r]:.3f} [{lo:.3f}, {hi:.3f}]"
+        if m in iv["vs_sft"] and r in iv["vs_sft"][m]:
+            d = iv["vs_sft"][m][r]
+            text += f"; {d['mean_diff']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+        return text
+
     for m in METHODS:
-        a = res["accuracy"][m]
-        lines.append(f"| {m} | " + " | ".join(
-            f"{a[r]:.3f}" if r in a else "-" for r in (*RULES, ATTENTION_RULE)) + " |")
+        lines.append(f"| {m} | " + " | ".join(cell(m, r) for r in (*RULES, ATTENTION_RULE))
+                     + " |")
     z = res["zones"]
     lines += ["", f"RL: {cfg['rl_steps']} steps, {cfg['rl_prompts']} prompts x "
               f"{cfg['rl_group']} rollouts, budget {cfg['rl_budget']} states per rollout "

@@ -45,6 +45,7 @@ RULES = ("low_confidence", "max_s")
 # Parts of each task's leak-free split, as task options (``TaskSource(options=...)``).
 SPLITS: dict[str, dict[str, dict[str, str]]] = {
     "sudoku": {p: {"grid_split": p} for p in ("sft", "rl", "val", "test")},
+    "countdown": {p: {"number_split": p} for p in ("sft", "rl", "val", "test")},
 }
 
 

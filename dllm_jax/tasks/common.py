@@ -99,6 +99,19 @@ def split_of(identity: str, test_fraction: float) -> Split:
     return "test" if h < test_fraction * 2.0**64 else "train"
 
 
+def family_part(family: str, shares: dict[str, float]) -> str:
+    """The part of a fixed family-level split that ``family`` (e.g. a puzzle's solution grid or
+    its multiset of numbers) falls in: a stable hash of the family, cut at the cumulative
+    ``shares`` (which sum to 1), so every instance of a family lies in one part."""
+    u = int.from_bytes(hashlib.sha256(family.encode()).digest()[:8], "big") / 2.0**64
+    edge = 0.0
+    for name, share in shares.items():
+        edge += share
+        if u < edge:
+            return name
+    return name
+
+
 def is_test_item(identity: str, test_fraction: float = 0.1) -> bool:
     """True if ``identity`` belongs to the test split (see :func:`split_of`)."""
     return split_of(identity, test_fraction) == "test"

@@ -26,7 +26,14 @@ import numpy as np
 
 from dllm_jax.errors import ConfigError
 from dllm_jax.tasks.base import FORMAT_TAIL, DataFiles, Item
-from dllm_jax.tasks.common import Example, Puzzle, check_fraction, fields_of, sample_examples
+from dllm_jax.tasks.common import (
+    Example,
+    Puzzle,
+    check_fraction,
+    family_part,
+    fields_of,
+    sample_examples,
+)
 
 OPS = "+-*/"
 MAX_EXPR_CHARS = 64  # longer completions are rejected before parsing
@@ -38,6 +45,9 @@ PROMPT = (
     "write an arithmetic expression whose value is exactly {target}. Put only the expression "
     "in the answer, with no equals sign and no result (for the numbers [2, 3, 4] and the "
     "target 5 the answer would be 2*4-3).\n" + FORMAT_TAIL.format(answer="expression"))
+# Shares of the family-level split (``number_split``): a family is the multiset of numbers, so
+# no part shares a set of numbers with another, whatever the target.
+NUMBER_SPLITS = {"sft": 0.4, "rl": 0.3, "val": 0.15, "test": 0.15}
 D1_FILES = DataFiles(files=("countdown_cd3_test.jsonl", "countdown.jsonl"),
                      required=("input", "output"))
 
@@ -98,6 +108,9 @@ class Countdown(Puzzle):
       max_target: largest target kept (1..999).
       test_fraction: share of instances (by sorted numbers and target) reserved for test.
       format_score: reward for an ``<answer>`` block whose expression is wrong (d1 gives 0.1).
+      number_split: None, or a part of the family-level split (``sft`` | ``rl`` | ``val`` |
+        ``test``, :data:`NUMBER_SPLITS`): instances come only from number multisets of that
+        part, and the ``split`` argument of :meth:`generate` is not used.
     """
 
     name: ClassVar[str] = "countdown"
@@ -107,8 +120,12 @@ class Countdown(Puzzle):
     max_target: int = 99
     test_fraction: float = 0.1
     format_score: float = 0.0
+    number_split: str | None = None
 
     def __post_init__(self) -> None:
+        if self.number_split is not None and self.number_split not in NUMBER_SPLITS:
+            raise ValueError(f"countdown.number_split must be one of {sorted(NUMBER_SPLITS)}, "
+                             f"got {self.number_split!r}")
         if not isinstance(self.max_number, int) or not 1 <= self.max_number <= 99:
             raise ValueError(f"countdown.max_number must be an int in 1..99, got "
                              f"{self.max_number!r}")
@@ -159,11 +176,18 @@ class Countdown(Puzzle):
         random order. Train and test never share a (multiset of numbers, target)."""
 
         def draw(rng: np.random.Generator) -> tuple[str, Example]:
-            numbers, target, expr = self._draw(rng)
+            while True:
+                numbers, target, expr = self._draw(rng)
+                family = ",".join(map(str, sorted(numbers)))
+                if (self.number_split is None
+                        or family_part(family, NUMBER_SPLITS) == self.number_split):
+                    break
             shown = [numbers[int(i)] for i in rng.permutation(3)]
-            identity = ",".join(map(str, sorted(numbers))) + f">{target}"
-            return identity, self.make(shown, target, expr)
+            return f"{family}>{target}", self.make(shown, target, expr)
 
+        if self.number_split is not None:  # the family part is the split
+            return sample_examples(draw, seed=seed, n=n, split="test", test_fraction=1 - 1e-12,
+                                   name=f"{self.name} ({self.number_split} numbers)")
         return sample_examples(draw, seed=seed, n=n, split=split,
                                test_fraction=self.test_fraction, name=self.name)
 

@@ -1,7 +1,7 @@
 """The ``dllm_jax`` model of lm-evaluation-harness, end to end on local tasks.
 
-The tasks are ``tests/integrations/lm_eval_tasks/*.yaml`` over the jsonl file beside them (nothing is
-downloaded); the model is a tiny random checkpoint with the character tokenizer.
+The tasks are ``tests/integrations/lm_eval_tasks/*.yaml`` over the jsonl file beside them
+(nothing is downloaded); the model is a tiny random checkpoint with the character tokenizer.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """``dllm-jax serve`` against real servers on 127.0.0.1, driven by the official ``openai`` client.
 
 One tiny Dream-family checkpoint with a tiny character-level tokenizer built here (see
-tests/serve/serve_support.py) is served by uvicorn threads in this process, sharing one engine, so few
-programs compile: batch 1 and 16, prompt bucket 64, 8 tokens in two blocks. The engine here can
-hold a batch right after its first block, so tests see a batch mid-flight deterministically.
-tests/serve/test_serve_process.py runs the ``dllm-jax serve`` command itself. Every wait is bounded
-in count and time.
+``tests/serve/serve_support.py``) is served by uvicorn threads in this process, sharing one
+engine, so few programs compile: batch 1 and 16, prompt bucket 64, 8 tokens in two blocks. The
+engine here can hold a batch right after its first block, so tests see a batch mid-flight
+deterministically. ``tests/serve/test_serve_process.py`` runs the ``dllm-jax serve`` command
+itself. Every wait is bounded in count and time.
 """
 
 from __future__ import annotations

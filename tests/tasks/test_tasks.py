@@ -440,6 +440,34 @@ def test_sudoku_grid_split_parts_share_no_grid():
         get_puzzle("sudoku", grid_split="train")
 
 
+def test_countdown_number_split_parts_share_no_numbers():
+    """The family-level Countdown split: every multiset of numbers falls in one part, in about
+    the declared shares (counted over all 4960 multisets of 1..30), and each part's instances
+    use only its own multisets and are solvable by their reference answers."""
+    import itertools
+
+    from dllm_jax.tasks.common import family_part
+    from dllm_jax.tasks.countdown import NUMBER_SPLITS
+
+    families = [",".join(map(str, t)) for t in
+                itertools.combinations_with_replacement(range(1, 31), 3)]
+    assert len(families) == 4960
+    counts = {n: 0 for n in NUMBER_SPLITS}
+    for f in families:
+        counts[family_part(f, NUMBER_SPLITS)] += 1
+    for name, share in NUMBER_SPLITS.items():
+        assert abs(counts[name] / len(families) - share) < 0.03, (name, counts)
+    seen = {}
+    for name in NUMBER_SPLITS:
+        task = get_puzzle("countdown", number_split=name)
+        for ex in task.generate(0, 60):
+            fam = ",".join(map(str, sorted(ex.meta["numbers"])))
+            assert family_part(fam, NUMBER_SPLITS) == name and task.verify(ex, ex.answer) == 1.0
+            assert seen.setdefault(fam, name) == name
+    with pytest.raises(ConfigError, match="number_split must be one of"):
+        get_puzzle("countdown", number_split="train")
+
+
 def test_task_options_parse_and_refuse():
     from dllm_jax.programs.config import DataSpec, task_options
 

@@ -194,6 +194,7 @@ def test_saving_and_resuming_log_no_warnings(tmp_path, caplog):
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(REPO / "tests"))  # helpers.py, as pytest's conftest.py sees it
     _child(sys.argv[1], "--resume" in sys.argv[2:])
 
 

@@ -184,4 +184,5 @@ def test_two_processes_equal_one_process(tmp_path):
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(REPO / "tests"))  # helpers.py, as pytest's conftest.py sees it
     _child(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
