@@ -36,7 +36,7 @@ from dllm_jax.weights.convert import from_pretrained
 # Each RL arm: the loss and what differs from its published defaults (docs/objectives.md).
 ARMS: dict[str, dict[str, Any] | None] = {
     "uniform": dict(loss="tracerl", selector="uniform"),  # TraceRL: K merged states
-    "sft_more": None,                                     # SFT for uniform's compute
+    "sft_more": None,                                     # SFT for uniform's compute (RL steps)
     "agdo": dict(loss="agdo_rl", delta=5.0),               # attention order, boosted advantage
     "atpo": dict(loss="tracerl", selector="atpo"),         # hybrid RoEC + CM steps
     "random": dict(loss="tracerl", selector="random"),     # K random steps (token-matched)
@@ -94,8 +94,6 @@ class Design:
         if unknown or "uniform" not in self.arms:
             raise ConfigError(f"arms must include uniform and come from {list(ARMS)}, got "
                               f"{list(self.arms)}")
-        if "sft_more" in self.arms and self.arms.index("sft_more") < self.arms.index("uniform"):
-            raise ConfigError("sft_more is matched to uniform's compute: list it after uniform")
         if self.rl_check_every % self.inner:
             raise ConfigError("rl_check_every must be a multiple of inner")
 
@@ -224,11 +222,38 @@ def run_arm(d: Design, arm: str, start: dict, lr: float, steps: int, seed: int, 
     return res
 
 
-def run_sft_more(d: Design, start: dict, rl_seconds: float, seed: int, out: Path, src: dict,
+# Step-time calibration of sft_more: short RL and SFT runs from the same start, interleaved.
+CALIBRATION = {"rounds": 2, "rl_steps": 10, "sft_steps": 20}
+
+
+def calibrate(d: Design, start: dict, out: Path, src: dict, log: Callable[[str], None]
+              ) -> dict:
+    """Median seconds per step of the ``uniform`` RL arm and of SFT from ``start``, measured
+    back to back (``CALIBRATION``), so that the ratio is not skewed by a change of machine load
+    between the RL run and the SFT run it is matched with."""
+    rl, sft = [], []
+    for i in range(CALIBRATION["rounds"]):
+        rl.append(run_arm(d, "uniform", start, 1e-4, CALIBRATION["rl_steps"], i,
+                          out / f"rl_{i}", src, log, test=False)["step_seconds"])
+        steps = CALIBRATION["sft_steps"]
+        prog = SFTProgram(out=str(out / f"sft_{i}"), model=ModelSpec(init=start["model"]),
+                          data=_data(d, "sft", d.labelled),
+                          train=_train(i, steps, d.sft_batch, d.sft_lr, steps, warmup=0,
+                                       weight_decay=d.sft_weight_decay))
+        programs.run_sft(prog, overwrite=True, mesh=None, progress=False)
+        sft.append(step_seconds(out / f"sft_{i}"))
+    shutil.rmtree(out, ignore_errors=True)
+    res = {**CALIBRATION, "rl_step_seconds": rl, "sft_step_seconds": sft,
+           "ratio": float(np.median(rl) / np.median(sft))}
+    log(f"calibration: one RL step = {res['ratio']:.2f} SFT steps ({rl} s vs {sft} s)")
+    return res
+
+
+def run_sft_more(d: Design, start: dict, ratio: float, seed: int, out: Path, src: dict,
                  log: Callable[[str], None]) -> dict:
-    """SFT continued from the start on the labelled set for ``rl_seconds`` of training compute
-    (converted to steps at the SFT run's median step time)."""
-    steps = max(1, round(rl_seconds / start["step_seconds"]))
+    """SFT continued from the start on the labelled set for the compute of ``d.rl_steps`` RL
+    steps: ``ratio`` SFT steps per RL step (:func:`calibrate`)."""
+    steps = max(1, round(d.rl_steps * ratio))
     every = max(1, math.ceil(steps / 6))
     curve = [[0, start["val"]["low_confidence"]]]
 
@@ -243,7 +268,7 @@ def run_sft_more(d: Design, start: dict, rl_seconds: float, seed: int, out: Path
                                    weight_decay=d.sft_weight_decay))
     t0 = time.perf_counter()
     model_dir = programs.run_sft(prog, overwrite=True, stop=stop, mesh=None, progress=False)
-    res = {"steps": steps, "target_seconds": rl_seconds, "curve": curve,
+    res = {"steps": steps, "sft_steps_per_rl_step": ratio, "curve": curve,
            "seconds": time.perf_counter() - t0, "step_seconds": step_seconds(out),
            "test": test_scores(from_pretrained(model_dir), src["test"])}
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
@@ -296,14 +321,12 @@ def run_study(d: Design, out: Path, log: Callable[[str], None] = print,
                 path = out / "runs" / f"{key}.json"
                 if not path.exists() and max_runs is not None and new >= max_runs:
                     continue
-                if arm == "sft_more" and f"uniform_s{s}_r{r}" not in runs:
-                    continue
                 new += not path.exists()
                 if arm == "sft_more":
-                    uni = runs[f"uniform_s{s}_r{r}"]
-                    go = lambda s=s, r=r, key=key, uni=uni: run_sft_more(  # noqa: E731
-                        d, start(s), uni["step_seconds"] * d.rl_steps, r, out / "rl" / key,
-                        src, log)
+                    cal = cached(out / f"calibration_s{s}.json", lambda s=s: calibrate(
+                        d, start(s), out / "calibration", src, log))
+                    go = lambda s=s, r=r, key=key, cal=cal: run_sft_more(  # noqa: E731
+                        d, start(s), cal["ratio"], r, out / "rl" / key, src, log)
                 else:
                     go = lambda arm=arm, s=s, r=r, key=key: run_arm(  # noqa: E731
                         d, arm, start(s), lr["lr"], d.rl_steps, r, out / "rl" / key, src, log)
