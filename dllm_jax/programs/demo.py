@@ -72,7 +72,7 @@ class DemoConfig:
     @classmethod
     def quick(cls, **kw) -> DemoConfig:
         base = dict(hidden_size=64, num_layers=2, num_heads=4, sft_steps=1200, sft_batch=128,
-                    sft_lr=3e-3, num_train=4000, num_test=64, rl_steps=4, rl_prompts=8,
+                    sft_lr=3e-3, num_train=4000, num_test=256, rl_steps=30, rl_prompts=8,
                     rl_group=4)
         base.update(kw)
         return cls(**base)
@@ -143,8 +143,10 @@ def rl_phase(cfg: DemoConfig, method: str, init: Path, out: Path):
     model_dir = programs.run_rl(rl_program(cfg, method, init, out), overwrite=True, mesh=None)
     rewards = [json.loads(x).get("reward") for x in (out / "metrics.jsonl").read_text()
                .splitlines()]
-    _log(f"{method}: {cfg.rl_steps} RL steps in {time.perf_counter() - t0:.0f}s; train reward "
-         f"{rewards[0]:.3f} -> {rewards[-1]:.3f}")
+    k = max(1, min(10, len(rewards) // 3))
+    _log(f"{method}: {cfg.rl_steps} RL steps in {time.perf_counter() - t0:.0f}s; mean rollout "
+         f"reward of the first / last {k} steps {np.mean(rewards[:k]):.3f} -> "
+         f"{np.mean(rewards[-k:]):.3f}")
     return from_pretrained(model_dir)
 
 
