@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_sampler import random_model, timed  # noqa: E402
+from bench_common import random_model, timed  # noqa: E402
 
 from dllm_jax.integrations.model_args import ModelArgs  # noqa: E402
 from dllm_jax.integrations.runner import Runner  # noqa: E402
