@@ -189,3 +189,15 @@ def test_packages_import_only_lower_floors():
                    if _package(m) != "dllm_jax" and _package(t) != _package(m)
                    and _package(t) not in ALLOWED[_package(m)])
     assert not wrong, f"imports against docs/architecture.md's floors: {wrong}"
+
+
+def test_tests_mirror_the_packages():
+    """``tests/<package>/`` holds the tests of ``dllm_jax/<package>/`` (repository-wide rules
+    stay at the top of ``tests/``), so a module's tests are found by path."""
+    tests = PKG.parent / "tests"
+    packages = {p.name for p in PKG.iterdir() if (p / "__init__.py").is_file()}
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert folders == packages, (folders ^ packages)
+    stray = sorted(p.name for p in tests.glob("test_*.py")
+                   if p.stem.removeprefix("test_") in packages)
+    assert not stray, f"move these into their package's folder: {stray}"
