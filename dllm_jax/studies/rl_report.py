@@ -54,6 +54,8 @@ def summarize(res: dict, boot: int | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"arms": {}, "contrasts": {}, "lr": res["lr"]}
     for a in ["sft", *arms]:
         units = _units(res, a)
+        if a == "sft":  # one start per SFT seed (the RL seeds share it)
+            units = [u for u in units if u[1] == res["design"]["rl_seeds"][0]]
         by_rule = {r: t_interval([_scores(res, a, s, u, r).mean() for s, u in units])
                    for r in RULES}
         out["arms"][a] = {"rule": rule_of(a), "units": units, **by_rule[rule_of(a)],

@@ -67,6 +67,7 @@ def test_target_reached_and_missed():
     good = rl_report.summarize(_fake({"sft": [0.2, 0.3], "uniform": [0.5, 0.55, 0.6, 0.62],
                                       "sft_more": [0.2, 0.25, 0.3, 0.35]}))
     assert good["target"]["best_arm"] == "uniform" and good["target"]["met"] is True
+    assert good["arms"]["sft"]["seeds"] == pytest.approx([0.2, 0.3])  # one value per SFT seed
     near = rl_report.summarize(_fake({"sft": [0.2, 0.3], "uniform": [0.25, 0.3, 0.3, 0.35],
                                       "sft_more": [0.2, 0.25, 0.3, 0.35]}))
     assert near["target"]["met"] is False  # +0.025 over sft_more is under the +0.05 level
