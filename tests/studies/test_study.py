@@ -54,6 +54,10 @@ def test_contrast_matches_hand_computation():
     assert c["mean_diff"] == pytest.approx(d.mean(), abs=1e-12)
     assert c["t_ci95"] == pytest.approx([d.mean() - half, d.mean() + half], abs=1e-12)
     assert c["n"] == 4 and c["units"] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    seed_means = [d[:2].mean(), d[2:].mean()]  # SFT seed 0's two RL seeds, then seed 1's
+    half = sp.t.ppf(0.975, 1) * np.std(seed_means, ddof=1) / math.sqrt(2)
+    assert c["sft_seed_ci95"] == pytest.approx([np.mean(seed_means) - half,
+                                                np.mean(seed_means) + half], abs=1e-12)
     lo, hi = c["puzzle_ci95"]
     assert lo < d.mean() < hi
     # Against the start: each unit's SFT seed, the same puzzles.
