@@ -40,6 +40,8 @@ ARMS: dict[str, dict[str, Any] | None] = {
     "agdo": dict(loss="agdo_rl", delta=5.0),               # attention order, boosted advantage
     "atpo": dict(loss="tracerl", selector="atpo"),         # hybrid RoEC + CM steps
     "random": dict(loss="tracerl", selector="random"),     # K random steps (token-matched)
+    "uniform_kl0": dict(loss="tracerl", selector="uniform", beta=0.0),  # no KL term
+    "uniform_mu12": dict(loss="tracerl", selector="uniform", inner_iterations=12),  # d1's mu
 }
 RULES = ("low_confidence", "max_s")
 # Parts of each task's leak-free split, as task options (``TaskSource(options=...)``).
@@ -185,15 +187,22 @@ def run_sft(d: Design, seed: int, out: Path, src: dict, log: Callable[[str], Non
             "test": test_scores(model, src["test"])}
 
 
+def arm_knobs(d: Design, arm: str) -> dict[str, Any]:
+    """The RL knobs of ``arm``: the design's KL weight and inner iterations, overridden by the
+    arm's own (:data:`ARMS`)."""
+    return {"beta": d.beta, "inner_iterations": d.inner, **ARMS[arm]}
+
+
 def rl_program(d: Design, arm: str, init: str, lr: float, steps: int, seed: int, out: Path
                ) -> RLProgram:
     a = get_puzzle(d.task).answer_length
-    rl = RLConfig(prompts_per_step=d.rl_prompts, group_size=d.rl_group, beta=d.beta,
-                  inner_iterations=d.inner, **ARMS[arm],
+    knobs = arm_knobs(d, arm)
+    inner = knobs["inner_iterations"]
+    rl = RLConfig(prompts_per_step=d.rl_prompts, group_size=d.rl_group, **knobs,
                   sampler=LLaDAConfig(steps=a, gen_length=a, block_length=a, temperature=1.0))
-    every = min(d.rl_check_every, steps) * d.inner
+    every = min(d.rl_check_every, steps) * inner
     return RLProgram(out=str(out), model=ModelSpec(init=init), data=_data(d, "rl", d.unlabelled),
-                     train=_train(seed, steps * d.inner, 1, lr, every, warmup=0,
+                     train=_train(seed, steps * inner, 1, lr, every, warmup=0,
                                   weight_decay=d.rl_weight_decay), rl=rl)
 
 
@@ -201,12 +210,12 @@ def run_arm(d: Design, arm: str, start: dict, lr: float, steps: int, seed: int, 
             src: dict, log: Callable[[str], None], test: bool = True) -> dict:
     """One RL arm from the SFT start: validation accuracy (in the arm's order) every
     ``rl_check_every`` RL steps, per-step metrics, and the test scores."""
-    rule = rule_of(arm)
+    rule, inner = rule_of(arm), arm_knobs(d, arm)["inner_iterations"]
     curve = [[0, start["val"][rule]]]
 
     def stop(model, step: int, last: dict) -> bool:
-        curve.append([step // d.inner, evaluate(model, src["val"], rule)[0]])
-        log(f"{out.name} step {step // d.inner}: validation {curve[-1][1]:.3f}, "
+        curve.append([step // inner, evaluate(model, src["val"], rule)[0]])
+        log(f"{out.name} step {step // inner}: validation {curve[-1][1]:.3f}, "
             f"reward {last.get('reward', float('nan')):.3f}")
         return False
 
@@ -214,7 +223,7 @@ def run_arm(d: Design, arm: str, start: dict, lr: float, steps: int, seed: int, 
     t0 = time.perf_counter()
     model_dir = programs.run_rl(prog, overwrite=True, stop=stop, mesh=None, progress=False)
     res = {"lr": lr, "curve": curve, "seconds": time.perf_counter() - t0,
-           "step_seconds": step_seconds(out) * d.inner, "metrics": rl_curve(out, d.inner),
+           "step_seconds": step_seconds(out) * inner, "metrics": rl_curve(out, inner),
            "config": json.loads(json.dumps(dataclasses.asdict(prog.resolved().rl)))}
     if test:
         res["test"] = test_scores(from_pretrained(model_dir), src["test"])

@@ -129,6 +129,9 @@ def test_quick_study_end_to_end_and_resume(tmp_path):
         m = res["runs"][f"{a}_s0_r0"]["metrics"]
         assert len(m["reward"]) == 4 and {"zero_var_groups", "kl", "clip_frac",
                                           "update_norm"} <= set(m)
+    assert res["runs"]["uniform_mu12_s0_r0"]["config"]["inner_iterations"] == 12
+    assert res["runs"]["uniform_kl0_s0_r0"]["config"]["beta"] == 0.0
+    assert res["runs"]["uniform_s0_r0"]["config"]["beta"] == res["design"]["beta"]
     cal = json.loads((out / "calibration_s0.json").read_text())
     assert cal["ratio"] > 0 and len(cal["rl_step_seconds"]) == cal["rounds"]
     more = res["runs"]["sft_more_s0_r0"]
