@@ -43,3 +43,15 @@ def sharpened(model: Transformer, factor: float = 5.0, mask_scale: float = 0.02)
     if model.lm_head is not None:
         model.lm_head[...] = model.lm_head[...] * factor
     return model
+
+
+def numbers_in(x):
+    """Every int or float (not bool) inside nested dicts and lists, e.g. a results.json."""
+    if isinstance(x, dict):
+        for v in x.values():
+            yield from numbers_in(v)
+    elif isinstance(x, list):
+        for v in x:
+            yield from numbers_in(v)
+    elif isinstance(x, int | float) and not isinstance(x, bool):
+        yield x

@@ -13,6 +13,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import numbers_in
 
 from dllm_jax.programs.datasources import TaskSource
 from dllm_jax.sampling import LLaDAConfig, generate
@@ -103,17 +104,6 @@ def test_script_refuses_bad_input_in_one_line(argv, says, tmp_path):
     assert not (tmp_path / "out").exists()  # refused before any work
 
 
-def _numbers(x):
-    if isinstance(x, dict):
-        for v in x.values():
-            yield from _numbers(v)
-    elif isinstance(x, list):
-        for v in x:
-            yield from _numbers(v)
-    elif isinstance(x, int | float) and not isinstance(x, bool):
-        yield x
-
-
 @pytest.mark.slow
 def test_quick_script_end_to_end(tmp_path):
     """``--quick`` trains a toy model and runs both analyses. Digit sum, not Sudoku: the toy
@@ -140,7 +130,7 @@ def test_quick_script_end_to_end(tmp_path):
     # log p(x | its own order) re-scored equals the sampler's recorded confidences up to the
     # MASK token's share of the sampler's softmax, which a trained model makes small.
     assert imh["max_abs_own_order_vs_recorded"] < 0.05
-    nums = list(_numbers(res))
+    nums = list(numbers_in(res))
     assert nums and all(math.isfinite(x) for x in nums) and "null" not in json.dumps(res)
     report = (out / "report.md").read_text()
     assert "## Confusion zones" in report and "## IMH at equal forward passes" in report

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import numbers_in
 from scipy import stats as sp
 
 from dllm_jax.errors import ConfigError
@@ -99,17 +100,6 @@ def test_other_design_in_the_directory_is_refused_before_training(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["design.json"]
 
 
-def _numbers(x):
-    if isinstance(x, dict):
-        for v in x.values():
-            yield from _numbers(v)
-    elif isinstance(x, list):
-        for v in x:
-            yield from _numbers(v)
-    elif isinstance(x, int | float) and not isinstance(x, bool):
-        yield x
-
-
 @pytest.mark.slow
 def test_quick_study_end_to_end_and_resume(tmp_path):
     out = tmp_path / "study"
@@ -137,7 +127,7 @@ def test_quick_study_end_to_end_and_resume(tmp_path):
     more = res["runs"]["sft_more_s0_r0"]
     assert more["steps"] == max(1, round(res["design"]["rl_steps"] * cal["ratio"]))
     assert summary["target"]["met"] in (True, False)
-    assert all(math.isfinite(x) for x in _numbers(summary))
+    assert all(math.isfinite(x) for x in numbers_in(summary))
     assert "| uniform - sft_more |" in (out / "report.md").read_text()
     assert (out / "rl_study.png").stat().st_size > 1000
     # A second invocation trains nothing and writes the same numbers.
