@@ -5,6 +5,7 @@ continued for the same compute, over SFT seeds x RL seeds, with paired statistic
     python scripts/study_rl.py --out out/study_rl              # the full design (hours on a CPU)
     python scripts/study_rl.py --out out/study_rl --max-runs 4  # ... a few runs per invocation
     python scripts/study_rl.py --quick --out out/study_quick   # toy size, same files
+    python scripts/study_rl.py --task countdown --out out/study_rl_countdown
 
 Every finished run is cached under ``--out``, so each invocation continues the study; the
 summary (``results.json``, ``report.md``, ``rl_study.png``) is rebuilt from what finished.
@@ -23,7 +24,7 @@ from pathlib import Path
 import jax
 
 from dllm_jax.studies import rl_report
-from dllm_jax.studies.rl import ARMS, Design, run_study
+from dllm_jax.studies.rl import ARMS, TASK_DEFAULTS, Design, design_for, run_study
 
 QUICK = Design(sft_seeds=(0,), rl_seeds=(0, 1), hidden_size=32, num_layers=1, labelled=50,
                unlabelled=100, sft_batch=16, sft_check_every=10, sft_patience=1,
@@ -39,12 +40,14 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="out/study_rl")
     ap.add_argument("--quick", action="store_true", help="toy size (seconds per run)")
+    ap.add_argument("--task", default="sudoku", choices=sorted(TASK_DEFAULTS),
+                    help="the task and its study defaults (docs/studies.md)")
     ap.add_argument("--arms", help=f"comma-separated, in run order (from {list(ARMS)})")
     ap.add_argument("--sft-seeds", help="comma-separated SFT seeds")
     ap.add_argument("--rl-seeds", help="comma-separated RL seeds")
     ap.add_argument("--max-runs", type=int, help="stop after this many new runs")
     args = ap.parse_args(argv)
-    design = QUICK if args.quick else Design()
+    design = dataclasses.replace(QUICK, task=args.task) if args.quick else design_for(args.task)
     grow = {k: tuple(v.split(",")) if k == "arms" else tuple(int(x) for x in v.split(","))
             for k, v in (("arms", args.arms), ("sft_seeds", args.sft_seeds),
                          ("rl_seeds", args.rl_seeds)) if v}

@@ -16,7 +16,7 @@ from dllm_jax.errors import ConfigError
 from dllm_jax.objectives import registry
 from dllm_jax.programs.datasources import REWARDS
 from dllm_jax.sampling import LLaDAConfig
-from dllm_jax.tasks import get_puzzle
+from dllm_jax.tasks import Puzzle, get_puzzle
 from dllm_jax.train.config import CheckpointConfig, OptimConfig, TrainConfig
 
 
@@ -255,6 +255,12 @@ class DataSpec:
         if self.reward not in REWARDS:
             raise ValueError(f"data.reward must be exact, gsm8k or math, got {self.reward!r}")
 
+    def puzzle(self) -> Puzzle:
+        """The built-in task as configured (its options can change the answer's length)."""
+        if self.task is None:
+            raise ValueError("data.path holds records, not a built-in task")
+        return get_puzzle(self.task, **task_options(self.task_options))
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SFTProgram:
@@ -290,7 +296,7 @@ class RLProgram:
         per step (the budget is capped at that many steps)."""
         rl = self.rl
         if self.data.task is not None:
-            a = get_puzzle(self.data.task).answer_length
+            a = self.data.puzzle().answer_length
             if rl.sampler.gen_length != a:
                 rl = dataclasses.replace(
                     rl, sampler=dataclasses.replace(rl.sampler, gen_length=a, block_length=a,

@@ -23,7 +23,7 @@ from dllm_jax.programs.config import DataSpec, ModelSpec, RLProgram, SFTProgram,
 from dllm_jax.programs.datasources import DataSource, FileSource, TaskSource
 from dllm_jax.programs.losses import make_rl_loss, make_sft_loss
 from dllm_jax.programs.rollouts import rollout_batcher
-from dllm_jax.tasks import get_puzzle, model_config
+from dllm_jax.tasks import model_config
 from dllm_jax.train.loop import Trainer
 from dllm_jax.train.overrides import to_dict
 from dllm_jax.weights.checkpoint import save_generation_settings
@@ -92,11 +92,12 @@ def save_model(model: nnx.Module, source: DataSource, target: Path,
     return target
 
 
-def task_generation(task: str | None) -> dict[str, int] | None:
-    """A built-in task's answer decoded one token per step, as the demo evaluates it."""
-    if task is None:
+def task_generation(data: DataSpec) -> dict[str, int] | None:
+    """A built-in task's answer (as ``data`` configures it) decoded one token per step, as the
+    demo evaluates it; None for data from files."""
+    if data.task is None:
         return None
-    a = get_puzzle(task).answer_length
+    a = data.puzzle().answer_length
     return {"gen_length": a, "steps": a, "block_length": a}
 
 
@@ -121,7 +122,7 @@ def run_sft(prog: SFTProgram, resume: bool = False, progress: bool = True, *,
                       extra_config=to_dict(prog), progress=progress, mesh=mesh)
     _run(trainer, resume, overwrite, stop)
     return save_model(trainer.model, source, Path(prog.out) / "model",
-                      task_generation(prog.data.task))
+                      task_generation(prog.data))
 
 
 def run_rl(prog: RLProgram, resume: bool = False, progress: bool = True, *,

@@ -365,6 +365,19 @@ def test_shipped_configs_load(name, tmp_path):
     assert load_config(cls, tmp_path / "config.yaml").resolved() == prog.resolved()
 
 
+
+def test_rl_sampler_generates_the_answer_of_the_task_as_configured():
+    # Task options can change the answer's length (countdown's max_number sets the digit width):
+    # the sampler must generate the answer of the task the data come from, not of its default.
+    # Three numbers of w digits, two operators and one pair of parentheses: 3w + 4 tokens.
+    from dllm_jax.programs.config import DataSpec
+
+    for opts, want in (("", 10), ("max_number=9", 7), ("max_number=9,max_target=9", 7)):
+        prog = RLProgram(data=DataSpec(task="countdown", task_options=opts))
+        s = prog.resolved().rl.sampler
+        assert (s.gen_length, s.block_length, s.steps) == (want, want, want), opts
+
+
 def _hand_logp(model, inputs, tokens):
     logits = np.asarray(model(inputs), np.float64)
     logits = logits - logits.max(-1, keepdims=True)

@@ -17,7 +17,7 @@ from scipy import stats as sp
 
 from dllm_jax.errors import ConfigError
 from dllm_jax.studies import rl_report
-from dllm_jax.studies.rl import Design, run_study
+from dllm_jax.studies.rl import Design, design_for, rl_program, run_study
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -92,6 +92,19 @@ def test_design_refuses(kw, msg):
     with pytest.raises(ConfigError, match=msg):
         Design(**kw)
 
+
+
+def test_countdown_design_and_its_rl_program(tmp_path):
+    d = design_for("countdown", rl_seeds=(0,))
+    assert (d.task, d.labelled, d.sft_patience, d.rl_seeds) == ("countdown", 4000, 8, (0,))
+    prog = rl_program(d, "uniform_kl0", str(tmp_path), 1e-4, 30, 0, tmp_path / "rl")
+    assert prog.data.task_options == "number_split=rl,max_number=20"
+    # Numbers up to 20 (two digits): three numbers, two operators, two parentheses.
+    s = prog.resolved().rl.sampler
+    assert (s.gen_length, s.steps, s.block_length) == (10, 10, 10)
+    assert prog.rl.beta == 0.0 and prog.train.steps == 30
+    with pytest.raises(ConfigError, match="leak-free split"):
+        design_for("addition")
 
 def test_other_design_in_the_directory_is_refused_before_training(tmp_path):
     (tmp_path / "design.json").write_text(json.dumps({"task": "sudoku", "labelled": 7}))
