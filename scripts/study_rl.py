@@ -7,7 +7,8 @@ continued for the same compute, over SFT seeds x RL seeds, with paired statistic
     python scripts/study_rl.py --quick --out out/study_quick   # toy size, same files
     python scripts/study_rl.py --task countdown --out out/study_rl_countdown
 
-Every finished run is cached under ``--out``, so each invocation continues the study; the
+Every finished run is cached under ``--out``, so each invocation continues the study (its JSON
+records alone suffice: a start whose checkpoint is gone is retrained and checked); the
 summary (``results.json``, ``report.md``, ``rl_study.png``) is rebuilt from what finished.
 """
 
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import jax
 
+from dllm_jax.errors import ConfigError
 from dllm_jax.studies import rl_report
 from dllm_jax.studies.rl import ARMS, TASK_DEFAULTS, Design, design_for, run_study
 
@@ -59,7 +61,10 @@ def main(argv: list[str] | None = None) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
     t0 = time.perf_counter()
-    res = run_study(design, out, log=log, max_runs=args.max_runs)
+    try:
+        res = run_study(design, out, log=log, max_runs=args.max_runs)
+    except ConfigError as e:
+        raise SystemExit(f"study_rl: {e}") from None
     summary = rl_report.summarize(res)
     header = (f"# RL study: {design.task}\n\n{time.strftime('%Y-%m-%d')}; {platform.machine()}, "
               f"Python {platform.python_version()}, jax {jax.__version__}; "

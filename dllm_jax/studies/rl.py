@@ -169,16 +169,26 @@ def test_scores(model, test: TaskSource) -> dict[str, list[int]]:
     return {r: evaluate(model, test, r)[1].astype(int).tolist() for r in RULES}
 
 
+def _sft_program(d: Design, seed: int, out: Path) -> SFTProgram:
+    return SFTProgram(out=str(out), model=ModelSpec(hidden_size=d.hidden_size,
+                                                    num_layers=d.num_layers),
+                      data=_data(d, "sft", d.labelled),
+                      train=_train(seed, d.sft_max_steps, d.sft_batch, d.sft_lr,
+                                   d.sft_check_every, warmup=50, weight_decay=d.sft_weight_decay))
+
+
+def _scores(model_dir: Path, src: dict) -> dict:
+    model = from_pretrained(model_dir)
+    return {"val": {r: evaluate(model, src["val"], r)[0] for r in RULES},
+            "test": test_scores(model, src["test"])}
+
+
 def run_sft(d: Design, seed: int, out: Path, src: dict, log: Callable[[str], None]) -> dict:
     """SFT seed ``seed`` on the labelled set until ``sft_patience`` checks pass without a
     better validation accuracy; the best checkpoint is kept as ``<out>/best``."""
     curve: list[list[float]] = []
     best = {"acc": -1.0, "step": 0}
-    prog = SFTProgram(out=str(out), model=ModelSpec(hidden_size=d.hidden_size,
-                                                    num_layers=d.num_layers),
-                      data=_data(d, "sft", d.labelled),
-                      train=_train(seed, d.sft_max_steps, d.sft_batch, d.sft_lr,
-                                   d.sft_check_every, warmup=50, weight_decay=d.sft_weight_decay))
+    prog = _sft_program(d, seed, out)
     tok_src = TaskSource(d.task, seed, 1)
     generation = programs.task_generation(prog.data)
 
@@ -193,12 +203,37 @@ def run_sft(d: Design, seed: int, out: Path, src: dict, log: Callable[[str], Non
 
     t0 = time.perf_counter()
     programs.run_sft(prog, overwrite=True, stop=stop, mesh=None, progress=False)
-    model = from_pretrained(out / "best")
     return {"model": str(out / "best"), "best_step": best["step"], "best_val": best["acc"],
             "curve": curve, "steps": int(curve[-1][0]), "seconds": time.perf_counter() - t0,
-            "step_seconds": step_seconds(out),
-            "val": {r: evaluate(model, src["val"], r)[0] for r in RULES},
-            "test": test_scores(model, src["test"])}
+            "step_seconds": step_seconds(out), **_scores(out / "best", src)}
+
+
+def rebuild_start(d: Design, seed: int, out: Path, src: dict, record: dict,
+                  log: Callable[[str], None]) -> None:
+    """Rebuilds the start ``<out>/best`` of a recorded SFT seed whose checkpoint is gone (a
+    study's JSON records are small enough to keep in the repository; its checkpoints are not):
+    the same SFT program trained to the recorded best step. Training is deterministic on one
+    machine, so the rebuilt model must score exactly as recorded on validation and test; a
+    model that does not is refused rather than mixed into the study."""
+    log(f"SFT seed {seed}: rebuilding the start (step {record['best_step']}) from its record")
+    prog = _sft_program(d, seed, out)
+    tok_src = TaskSource(d.task, seed, 1)
+    generation = programs.task_generation(prog.data)
+    tmp = out / "best.tmp"
+
+    def stop(model, step: int, last: dict) -> bool:
+        if step >= record["best_step"]:
+            programs.save_model(model, tok_src, tmp, generation)
+        return step >= record["best_step"]
+
+    programs.run_sft(prog, overwrite=True, stop=stop, mesh=None, progress=False)
+    got = _scores(tmp, src)
+    if got["val"] != record["val"] or got["test"] != record["test"]:
+        raise ConfigError(
+            f"SFT seed {seed} does not reproduce its record on this machine (validation "
+            f"{got['val']} vs recorded {record['val']}); continue the study where it was "
+            "recorded or start a new study directory")
+    tmp.replace(out / "best")
 
 
 def arm_knobs(d: Design, arm: str) -> dict[str, Any]:
@@ -327,8 +362,11 @@ def run_study(d: Design, out: Path, log: Callable[[str], None] = print,
 
     def start(s: int) -> dict:
         if s not in sft:
-            sft[s] = cached(out / f"sft_s{s}.json",
-                            lambda: run_sft(d, s, out / f"sft_s{s}", src, log))
+            where = out / f"sft_s{s}"
+            rec = cached(out / f"sft_s{s}.json", lambda: run_sft(d, s, where, src, log))
+            if not (where / "best").exists():
+                rebuild_start(d, s, where, src, rec, log)
+            sft[s] = {**rec, "model": str(where / "best")}  # the record may have moved
         return sft[s]
 
     lr = cached(out / "lr_grid.json",

@@ -6,6 +6,7 @@ tests/eval/test_stats.py."""
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -148,3 +149,22 @@ def test_quick_study_end_to_end_and_resume(tmp_path):
                            capture_output=True, text=True)
     assert "SFT seed 0 step" not in again.stdout and "step 2:" not in again.stdout
     assert json.loads((out / "results.json").read_text())["summary"] == summary
+    # The JSON records alone continue a study: the start is retrained to its recorded step and
+    # the rerun arm reproduces its record exactly (training is deterministic on one machine).
+    first = json.loads((out / "runs" / "uniform_s0_r0.json").read_text())
+    shutil.rmtree(out / "sft_s0")
+    (out / "runs" / "uniform_s0_r0.json").unlink()
+    again = subprocess.run(cmd, check=True, cwd=REPO, env=env, timeout=300,
+                           capture_output=True, text=True)
+    assert "rebuilding the start" in again.stdout
+    rerun = json.loads((out / "runs" / "uniform_s0_r0.json").read_text())
+    assert rerun["test"] == first["test"] and rerun["curve"] == first["curve"]
+    # A start that does not reproduce its record is refused in one line, before any RL.
+    shutil.rmtree(out / "sft_s0")
+    rec = json.loads((out / "sft_s0.json").read_text())
+    rec["test"]["low_confidence"][0] ^= 1
+    (out / "sft_s0.json").write_text(json.dumps(rec))
+    bad = subprocess.run(cmd, cwd=REPO, env=env, timeout=300, capture_output=True, text=True)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1].startswith(
+        "study_rl: SFT seed 0 does not reproduce its record")
