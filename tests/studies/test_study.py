@@ -97,7 +97,8 @@ def test_design_refuses(kw, msg):
 
 def test_countdown_design_and_its_rl_program(tmp_path):
     d = design_for("countdown", rl_seeds=(0,))
-    assert (d.task, d.labelled, d.sft_patience, d.rl_seeds) == ("countdown", 4000, 8, (0,))
+    assert (d.task, d.labelled, d.sft_lr, d.rl_seeds) == ("countdown", 4000, 3e-4, (0,))
+    assert d.sft_patience * d.sft_check_every == 1000  # the plateau: 1000 steps, no new best
     prog = rl_program(d, "uniform_kl0", str(tmp_path), 1e-4, 30, 0, tmp_path / "rl")
     assert prog.data.task_options == "number_split=rl,max_number=20"
     # Numbers up to 20 (two digits): three numbers, two operators, two parentheses.
@@ -159,8 +160,14 @@ def test_quick_study_end_to_end_and_resume(tmp_path):
     assert "rebuilding the start" in again.stdout
     rerun = json.loads((out / "runs" / "uniform_s0_r0.json").read_text())
     assert rerun["test"] == first["test"] and rerun["curve"] == first["curve"]
-    # A start that does not reproduce its record is refused in one line, before any RL.
+    # A study whose runs are all recorded reports from the records, rebuilding nothing.
     shutil.rmtree(out / "sft_s0")
+    again = subprocess.run(cmd, check=True, cwd=REPO, env=env, timeout=300,
+                           capture_output=True, text=True)
+    assert "rebuilding" not in again.stdout and not (out / "sft_s0").exists()
+    assert json.loads((out / "results.json").read_text())["summary"] == summary
+    # A start that does not reproduce its record is refused in one line, before any RL.
+    (out / "runs" / "uniform_s0_r0.json").unlink()
     rec = json.loads((out / "sft_s0.json").read_text())
     rec["test"]["low_confidence"][0] ^= 1
     (out / "sft_s0.json").write_text(json.dumps(rec))
