@@ -53,7 +53,7 @@ SPLITS: dict[str, dict[str, dict[str, Any]]] = {
 # runs (docs/studies.md): Countdown needs far more labelled data before greedy accuracy leaves
 # zero, and a smaller learning rate (1e-3 plateaued near 0.1 with validation swinging between
 # checks; 3e-4 reached 0.33 at step 3000, still rising). Its validation accuracy sits near
-# zero for hundreds of steps and then rises with swings of several points (700 steps without a
+# zero for hundreds of steps and then rises with swings of several points (800 steps without a
 # new best in that pilot), so the plateau is 1000 steps without a new best.
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "sudoku": {},
