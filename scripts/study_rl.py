@@ -5,7 +5,7 @@ continued for the same compute, over SFT seeds x RL seeds, with paired statistic
     python scripts/study_rl.py --out out/study_rl              # the full design (hours on a CPU)
     python scripts/study_rl.py --out out/study_rl --max-runs 4  # ... a few runs per invocation
     python scripts/study_rl.py --quick --out out/study_quick   # toy size, same files
-    python scripts/study_rl.py --task countdown --out out/study_rl_countdown
+    python scripts/study_rl.py --task countdown --out studies/countdown  # records kept in git
 
 Every finished run is cached under ``--out``, so each invocation continues the study (its JSON
 records alone suffice: a start whose checkpoint is gone is retrained and checked); the

@@ -181,6 +181,12 @@ def _sft_program(d: Design, seed: int, out: Path) -> SFTProgram:
                                    d.sft_check_every, warmup=50, weight_decay=d.sft_weight_decay))
 
 
+def _saver(d: Design, seed: int, prog: SFTProgram) -> Callable[[Any, Path], Path]:
+    """Saves an SFT start with its tokenizer and the task's generation settings."""
+    tok_src, generation = TaskSource(d.task, seed, 1), programs.task_generation(prog.data)
+    return lambda model, target: programs.save_model(model, tok_src, target, generation)
+
+
 def _scores(model_dir: Path, src: dict) -> dict:
     model = from_pretrained(model_dir)
     return {"val": {r: evaluate(model, src["val"], r)[0] for r in RULES},
@@ -193,8 +199,7 @@ def run_sft(d: Design, seed: int, out: Path, src: dict, log: Callable[[str], Non
     curve: list[list[float]] = []
     best = {"acc": -1.0, "step": 0}
     prog = _sft_program(d, seed, out)
-    tok_src = TaskSource(d.task, seed, 1)
-    generation = programs.task_generation(prog.data)
+    save = _saver(d, seed, prog)
 
     def stop(model, step: int, last: dict) -> bool:
         acc = evaluate(model, src["val"], "low_confidence")[0]
@@ -202,7 +207,7 @@ def run_sft(d: Design, seed: int, out: Path, src: dict, log: Callable[[str], Non
         log(f"SFT seed {seed} step {step}: validation {acc:.3f} (loss {last.get('loss'):.4f})")
         if acc > best["acc"]:
             best.update(acc=acc, step=step)
-            programs.save_model(model, tok_src, out / "best", generation)
+            save(model, out / "best")
         return step - best["step"] >= d.sft_patience * d.sft_check_every
 
     t0 = time.perf_counter()
@@ -221,13 +226,11 @@ def rebuild_start(d: Design, seed: int, out: Path, src: dict, record: dict,
     model that does not is refused rather than mixed into the study."""
     log(f"SFT seed {seed}: rebuilding the start (step {record['best_step']}) from its record")
     prog = _sft_program(d, seed, out)
-    tok_src = TaskSource(d.task, seed, 1)
-    generation = programs.task_generation(prog.data)
-    tmp = out / "best.tmp"
+    save, tmp = _saver(d, seed, prog), out / "best.tmp"
 
     def stop(model, step: int, last: dict) -> bool:
         if step >= record["best_step"]:
-            programs.save_model(model, tok_src, tmp, generation)
+            save(model, tmp)
         return step >= record["best_step"]
 
     programs.run_sft(prog, overwrite=True, stop=stop, mesh=None, progress=False)
