@@ -14,12 +14,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import platform
 import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from dllm_jax import programs
@@ -173,6 +175,26 @@ def test_scores(model, test: TaskSource) -> dict[str, list[int]]:
     return {r: evaluate(model, test, r)[1].astype(int).tolist() for r in RULES}
 
 
+def machine() -> dict[str, Any]:
+    """What fixes the numerics of training on this host: the CPU (model and vector
+    instruction sets, from ``/proc/cpuinfo`` where there is one) and the JAX version. XLA's CPU
+    code follows the instruction sets, so the same program on another CPU rounds differently;
+    on 2026-12-07 a Countdown SFT seed rerun on a newer CPU matched its record's loss to 1e-7 at
+    step 100 and to 0.5% at step 3700, and its validation accuracy differed (0.332 vs 0.348)."""
+    info = {"machine": platform.machine(), "cpu": platform.processor() or platform.machine()}
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        fields = dict(line.split(":", 1) for line in cpuinfo.read_text().split("\n\n")[0]
+                      .splitlines() if ":" in line)
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        f = {k: fields.get(k, "?") for k in ("vendor_id", "model name", "cpu family", "model")}
+        info["cpu"] = (f"{f['vendor_id']} {f['model name']} (family {f['cpu family']}, model "
+                       f"{f['model']})")
+        info["isa"] = sorted(flag for flag in fields.get("flags", "").split()
+                             if flag.startswith(("avx", "amx", "fma", "sse4")))
+    return {**info, "jax": jax.__version__}
+
+
 def _sft_program(d: Design, seed: int, out: Path) -> SFTProgram:
     return SFTProgram(out=str(out), model=ModelSpec(hidden_size=d.hidden_size,
                                                     num_layers=d.num_layers),
@@ -214,7 +236,8 @@ def run_sft(d: Design, seed: int, out: Path, src: dict, log: Callable[[str], Non
     programs.run_sft(prog, overwrite=True, stop=stop, mesh=None, progress=False)
     return {"model": str(out / "best"), "best_step": best["step"], "best_val": best["acc"],
             "curve": curve, "steps": int(curve[-1][0]), "seconds": time.perf_counter() - t0,
-            "step_seconds": step_seconds(out), **_scores(out / "best", src)}
+            "step_seconds": step_seconds(out), "machine": machine(),
+            **_scores(out / "best", src)}
 
 
 def rebuild_start(d: Design, seed: int, out: Path, src: dict, record: dict,
@@ -225,6 +248,10 @@ def rebuild_start(d: Design, seed: int, out: Path, src: dict, record: dict,
     machine, so the rebuilt model must score exactly as recorded on validation and test; a
     model that does not is refused rather than mixed into the study."""
     log(f"SFT seed {seed}: rebuilding the start (step {record['best_step']}) from its record")
+    here, there = machine(), record.get("machine")
+    if there != here:
+        log(f"SFT seed {seed} was trained on {there or 'an unrecorded machine'}; this is {here}:"
+            " training rounds differently on another CPU, so the rebuild may not reproduce it")
     prog = _sft_program(d, seed, out)
     save, tmp = _saver(d, seed, prog), out / "best.tmp"
 
@@ -238,8 +265,9 @@ def rebuild_start(d: Design, seed: int, out: Path, src: dict, record: dict,
     if got["val"] != record["val"] or got["test"] != record["test"]:
         raise ConfigError(
             f"SFT seed {seed} does not reproduce its record on this machine (validation "
-            f"{got['val']} vs recorded {record['val']}); continue the study where it was "
-            "recorded or start a new study directory")
+            f"{got['val']} vs recorded {record['val']}; recorded on "
+            f"{(there or {}).get('cpu', 'an unrecorded CPU')}, this is {here['cpu']}); continue "
+            "the study where it was recorded, or start a new study directory")
     tmp.replace(out / "best")
 
 

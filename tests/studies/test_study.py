@@ -160,6 +160,7 @@ def test_quick_study_end_to_end_and_resume(tmp_path):
     again = subprocess.run(cmd, check=True, cwd=REPO, env=env, timeout=300,
                            capture_output=True, text=True)
     assert "rebuilding the start" in again.stdout
+    assert "was trained on" not in again.stdout  # the record names this machine
     rerun = json.loads((out / "runs" / "uniform_s0_r0.json").read_text())
     assert rerun["test"] == first["test"] and rerun["curve"] == first["curve"]
     assert json.loads((out / "results.json").read_text())["summary"] == summary
@@ -168,8 +169,11 @@ def test_quick_study_end_to_end_and_resume(tmp_path):
     (out / "runs" / "uniform_s0_r0.json").unlink()
     rec = json.loads((out / "sft_s0.json").read_text())
     rec["test"]["low_confidence"][0] ^= 1
+    assert rec["machine"]["cpu"] and rec["machine"]["jax"]
+    rec["machine"]["cpu"] = "another CPU"
     (out / "sft_s0.json").write_text(json.dumps(rec))
     bad = subprocess.run(cmd, cwd=REPO, env=env, timeout=300, capture_output=True, text=True)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1].startswith(
         "study_rl: SFT seed 0 does not reproduce its record")
+    assert "recorded on another CPU" in bad.stderr and "was trained on" in bad.stdout
