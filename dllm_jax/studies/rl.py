@@ -250,8 +250,10 @@ def rebuild_start(d: Design, seed: int, out: Path, src: dict, record: dict,
     log(f"SFT seed {seed}: rebuilding the start (step {record['best_step']}) from its record")
     here, there = machine(), record.get("machine")
     if there != here:
-        log(f"SFT seed {seed} was trained on {there or 'an unrecorded machine'}; this is {here}:"
-            " training rounds differently on another CPU, so the rebuild may not reproduce it")
+        was = f"{there['cpu']}, jax {there['jax']}" if there else "an unrecorded machine"
+        log(f"SFT seed {seed} was trained on {was}; this is {here['cpu']}, jax {here['jax']}: "
+            "training rounds differently on another CPU or JAX, so the rebuild may not "
+            "reproduce it")
     prog = _sft_program(d, seed, out)
     save, tmp = _saver(d, seed, prog), out / "best.tmp"
 
